@@ -1,0 +1,3 @@
+"""lens: automatic lens-distortion correction at production scale."""
+
+__version__ = "0.1.0"

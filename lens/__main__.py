@@ -1,0 +1,3 @@
+from lens.cli import app
+
+app(prog_name="lens")

@@ -1,0 +1,1 @@
+"""Exportable graphs, ONNX export and checks, TensorRT engine builds, backend parity."""

@@ -1,0 +1,53 @@
+"""The warp math: pure torch, export-safe, the single source of truth for conventions.
+
+Read in this order: `params` (parameter vector, units, bounds), `camera` (Brown-Conrady,
+its inverse, the output camera), `grid` (backward grids, residual fusion), `safety`
+(statistics the fallback logic reads).
+"""
+from lens.geometry.camera import (
+    distort,
+    intrinsics_px,
+    monotonic_radius,
+    optimal_new_camera,
+    undistort_points,
+    zoom_camera,
+)
+from lens.geometry.grid import (
+    distortion_grid,
+    fuse_residual,
+    identity_grid,
+    normalized_to_pixel,
+    parametric_grid,
+    pixel_to_normalized,
+    residual_to_normalized,
+    sample,
+)
+from lens.geometry.params import IDENTITY, NUM_PARAMS, PARAM_BOUNDS, PARAM_NAMES, LensParams, clamp_to_bounds
+from lens.geometry.safety import SAFETY_STATS, grid_safety_stats, jacobian_determinant, stack_stats
+
+__all__ = [
+    "IDENTITY",
+    "NUM_PARAMS",
+    "PARAM_BOUNDS",
+    "PARAM_NAMES",
+    "SAFETY_STATS",
+    "LensParams",
+    "clamp_to_bounds",
+    "distort",
+    "distortion_grid",
+    "fuse_residual",
+    "grid_safety_stats",
+    "identity_grid",
+    "intrinsics_px",
+    "jacobian_determinant",
+    "monotonic_radius",
+    "normalized_to_pixel",
+    "optimal_new_camera",
+    "parametric_grid",
+    "pixel_to_normalized",
+    "residual_to_normalized",
+    "sample",
+    "stack_stats",
+    "undistort_points",
+    "zoom_camera",
+]

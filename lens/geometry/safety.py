@@ -1,0 +1,89 @@
+"""Safety statistics of a fused sampling grid.
+
+These are what the runtime's fallback logic reads to decide whether a predicted warp may ship.
+All are ``(B,)`` tensors, computed branch-free so they can be graph outputs; `SAFETY_STATS`
+fixes their order when they are stacked into one ``(B, K)`` tensor.
+"""
+from __future__ import annotations
+
+import torch
+
+from lens.geometry.grid import normalized_to_pixel
+
+SAFETY_STATS: tuple[str, ...] = (
+    "oob_fraction",  # share of output pixels sampling outside the input (would show padding)
+    "border_invalid_fraction",  # share of the output's outermost ring of pixels doing so
+    "jacobian_min",  # smallest local area ratio d(input)/d(output); 1 = identity
+    "jacobian_p01",  # its 1st percentile
+    "foldover_fraction",  # share of pixels whose Jacobian determinant is <= 0 (fold-over)
+    "residual_mean_px",  # mean residual-flow magnitude, in full-resolution pixels
+    "residual_max_px",  # its maximum
+)
+
+#: A sample may sit this many pixels beyond the outermost pixel centre before it counts as
+#: out of bounds: float32 round-off of an exact alpha = 0 border is ~1e-4 px.
+OOB_TOLERANCE_PX = 0.01
+
+
+def jacobian_determinant(grid: torch.Tensor, stride: int = 1) -> torch.Tensor:
+    """``(B, H', W')`` determinant of d(input px)/d(output px) by forward differences over
+    every ``stride``-th pixel; 1 for the identity, <= 0 where the warp folds over."""
+    height, width = grid.shape[1], grid.shape[2]
+    g = grid[:, ::stride, ::stride]
+    px = normalized_to_pixel(g[..., 0], width)
+    py = normalized_to_pixel(g[..., 1], height)
+    dxu = (px[:, :-1, 1:] - px[:, :-1, :-1]) / stride
+    dyu = (py[:, :-1, 1:] - py[:, :-1, :-1]) / stride
+    dxv = (px[:, 1:, :-1] - px[:, :-1, :-1]) / stride
+    dyv = (py[:, 1:, :-1] - py[:, :-1, :-1]) / stride
+    return dxu * dyv - dxv * dyu
+
+
+def _out_of_bounds(grid: torch.Tensor) -> torch.Tensor:
+    height, width = grid.shape[1], grid.shape[2]
+    px = normalized_to_pixel(grid[..., 0], width)
+    py = normalized_to_pixel(grid[..., 1], height)
+    tol = OOB_TOLERANCE_PX
+    return (px < -tol) | (px > (width - 1) + tol) | (py < -tol) | (py > (height - 1) + tol)
+
+
+def grid_safety_stats(
+    grid: torch.Tensor, flow: torch.Tensor | None = None, jacobian_stride: int = 1
+) -> dict[str, torch.Tensor]:
+    """Safety statistics (`SAFETY_STATS`) of a ``(B, H, W, 2)`` grid.
+
+    Args:
+        grid: fused normalised backward grid.
+        flow: the ``(B, 2, h, w)`` residual flow in its own pixels, if any, for the residual
+            magnitudes (reported in full-resolution pixels); zeros without one.
+        jacobian_stride: evaluate the Jacobian on every n-th pixel. A residual predicted at
+            1/8 resolution cannot fold at a finer scale than its own spacing, so a stride up to
+            that spacing sees every fold-over at a fraction of the cost.
+    """
+    oob = _out_of_bounds(grid).to(grid.dtype)
+    border = torch.cat([oob[:, 0, :], oob[:, -1, :], oob[:, 1:-1, 0], oob[:, 1:-1, -1]], dim=1)
+    det = jacobian_determinant(grid, jacobian_stride).flatten(1)
+    k = det.shape[1] // 100 + 1
+    lowest = torch.topk(det, k, dim=1, largest=False).values
+    if flow is None:
+        residual = torch.zeros_like(det[:, :1])
+    else:
+        height, width = grid.shape[1], grid.shape[2]
+        h, w = flow.shape[-2], flow.shape[-1]
+        rx = flow[:, 0] * ((width - 1) / (w - 1))
+        ry = flow[:, 1] * ((height - 1) / (h - 1))
+        residual = torch.sqrt(rx * rx + ry * ry).flatten(1)
+    return {
+        "oob_fraction": oob.flatten(1).mean(dim=1),
+        "border_invalid_fraction": border.mean(dim=1),
+        "jacobian_min": lowest[:, 0],
+        "jacobian_p01": lowest[:, -1],
+        "foldover_fraction": (det <= 0).to(grid.dtype).mean(dim=1),
+        "residual_mean_px": residual.mean(dim=1),
+        "residual_max_px": residual.amax(dim=1),
+    }
+
+
+def stack_stats(stats: dict[str, torch.Tensor]) -> torch.Tensor:
+    """``(B, K)`` tensor of `grid_safety_stats` in `SAFETY_STATS` order."""
+    return torch.stack([stats[name] for name in SAFETY_STATS], dim=1)

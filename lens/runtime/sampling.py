@@ -1,0 +1,37 @@
+"""Full-resolution sampling of a fused grid on the CPU with OpenCV.
+
+OpenCV's ``remap`` with fixed-point maps costs ~13 ms for a 2048 x 1367 RGB image on a 2-core
+machine against ~276 ms for ONNX Runtime's GridSample and ~527 ms for torch's, and it is the
+very sampler ``cv2.undistort`` uses. The grid keeps the single source of truth (it comes from
+`lens.geometry`); only the sampling pass is done here.
+"""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+
+def grid_to_maps(grid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(H, W, 2)`` normalised grid (align_corners=True) -> OpenCV fixed-point maps.
+
+    Fixed-point maps store positions to 1/32 pixel, as ``cv2.initUndistortRectifyMap`` with
+    CV_16SC2 does; the rounding is below the grey-level noise of 8-bit images."""
+    if grid.ndim != 3 or grid.shape[2] != 2:
+        raise ValueError(f"grid must be (H, W, 2), got {grid.shape}")
+    height, width = grid.shape[:2]
+    map_x = ((grid[..., 0].astype(np.float32) + 1.0) * np.float32((width - 1) / 2)).astype(np.float32)
+    map_y = ((grid[..., 1].astype(np.float32) + 1.0) * np.float32((height - 1) / 2)).astype(np.float32)
+    return cv2.convertMaps(map_x, map_y, cv2.CV_16SC2)
+
+
+def remap(pixels: np.ndarray, maps: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """Bilinear backward warp of ``(H, W, C)`` uint8 pixels; samples outside are black."""
+    out = cv2.remap(pixels, maps[0], maps[1], interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    return out[..., None] if out.ndim == 2 else out
+
+
+def warp_with_grid(pixels: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """`remap` ``pixels`` with a normalised ``(H, W, 2)`` grid of the same size."""
+    if grid.shape[:2] != pixels.shape[:2]:
+        raise ValueError(f"grid {grid.shape[:2]} and image {pixels.shape[:2]} sizes differ")
+    return remap(pixels, grid_to_maps(grid))

@@ -1,0 +1,62 @@
+"""Every kind of input file is decoded or refused with a reason; writes are atomic."""
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lens.runtime import io as lio
+
+
+def _save(path, img, **kw):
+    img.save(path, **kw)
+    return path
+
+
+@pytest.mark.parametrize(
+    "mode,channels",
+    [("L", 1), ("RGB", 3), ("RGBA", 4), ("CMYK", 3), ("P", 3), ("LA", 4), ("I;16", 1), ("1", 3)],
+)
+def test_modes_decode_to_8bit(tmp_path, mode, channels):
+    base = Image.fromarray(np.random.default_rng(0).integers(0, 256, (20, 30, 3), dtype=np.uint8))
+    img = base.convert(mode) if mode not in ("I;16",) else Image.fromarray(np.full((20, 30), 40000, dtype=np.uint16))
+    ext = ".tif" if mode in ("CMYK", "I;16", "LA") else ".png"
+    decoded = lio.read_image(_save(tmp_path / f"x{ext}", img))
+    assert decoded.pixels.dtype == np.uint8
+    assert decoded.pixels.shape == (20, 30, channels)
+    if mode == "I;16":
+        assert decoded.pixels.max() == round(40000 * 255 / 65535)  # scaled, not clipped
+
+
+def test_truncated_and_non_images_name_the_reason(tmp_path):
+    good = _save(tmp_path / "g.jpg", Image.new("RGB", (64, 64), "red"))
+    data = good.read_bytes()
+    (tmp_path / "t.jpg").write_bytes(data[: len(data) // 2])
+    (tmp_path / "z.jpg").write_bytes(b"")
+    (tmp_path / "n.jpg").write_bytes(b"hello")
+    with pytest.raises(lio.ImageReadError, match="truncated"):
+        lio.read_image(tmp_path / "t.jpg")
+    with pytest.raises(lio.ImageReadError, match="empty file"):
+        lio.read_image(tmp_path / "z.jpg")
+    with pytest.raises(lio.ImageReadError, match="n.jpg: not a readable image"):
+        lio.read_image(tmp_path / "n.jpg")
+
+
+def test_huge_and_tiny_images_are_refused(tmp_path, monkeypatch):
+    path = _save(tmp_path / "big.png", Image.new("RGB", (100, 100)))
+    monkeypatch.setattr(lio, "MAX_PIXELS", 5000)
+    with pytest.raises(lio.ImageReadError, match="too large"):
+        lio.read_image(path)
+    tiny = _save(tmp_path / "tiny.png", Image.new("RGB", (1, 5)))
+    with pytest.raises(lio.ImageReadError, match="too small"):
+        lio.read_image(tiny)
+
+
+def test_atomic_write_keeps_old_content_when_encoding_fails(tmp_path):
+    target = tmp_path / "out.jpg"
+    target.write_bytes(b"old")
+    bad = lio.DecodedImage(np.zeros((4, 4, 2), dtype=np.uint8))  # 2 channels: not encodable
+    with pytest.raises(KeyError):
+        lio.write_image(target, bad)
+    assert target.read_bytes() == b"old"
+    assert os.listdir(tmp_path) == ["out.jpg"]
