@@ -115,3 +115,202 @@ def undistort(
     console.print(f"{len(pairs) - failures} written, {failures} failed -> {escape(str(dst))}", soft_wrap=True)
     if failures:
         raise typer.Exit(1)
+
+
+# ---------------------------------------------------------------- training side
+
+data_app = typer.Typer(help="Training data: synthesise, audit, pseudo-label.", no_args_is_help=True, rich_markup_mode="markdown")
+app.add_typer(data_app, name="data")
+
+
+def _write_json(path: Path, payload: dict) -> None:
+    import json
+
+    from lens.runtime.io import write_atomic
+
+    write_atomic(path, (json.dumps(payload, indent=2, sort_keys=True) + "\n").encode())
+
+
+@data_app.command("synth")
+def data_synth(
+    out: Path = typer.Argument(..., help="Folder to write the pairs into (workload layout).", show_default=False),
+    regime: str = typer.Option("workload", help="Parameter regime: workload or general."),
+    count: int = typer.Option(100, min=1, help="Number of pairs."),
+    seed: int = typer.Option(0, help="Seed: the same seed gives the same files."),
+    width: int = typer.Option(2048, min=64, help="Image width in pixels."),
+    height: int = typer.Option(1366, min=64, help="Image height in pixels."),
+) -> None:
+    """Write held-out synthetic pairs (`<id>_original.jpg` / `<id>_generated.jpg`) with their
+    true parameters in `labels.jsonl`, from validation scenes and the held-out photo."""
+    _require_torch("data synth")
+    from lens.training.pairs import write_synthetic_dataset
+    from lens.training.synth import REGIMES
+
+    if regime not in REGIMES:
+        raise typer.BadParameter(f"choose one of {', '.join(REGIMES)}", param_hint="--regime")
+    with _progress() as progress:
+        task = progress.add_task("synth", total=count, rate="")
+        write_synthetic_dataset(out, regime, count, seed, width, height, on_pair=lambda: progress.advance(task))
+    console.print(f"{count} pairs -> {escape(str(out))}", soft_wrap=True)
+
+
+@data_app.command("audit")
+def data_audit(
+    folder: Path = typer.Argument(..., exists=True, file_okay=False, help="Folder of `<id>_original.jpg` / `<id>_generated.jpg` pairs.", show_default=False),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the report as JSON."),
+) -> None:
+    """Count pairs and shoots; list image sizes, unmatched, unreadable, size-mismatched and
+    near-identical pairs. Exit code 1 if any file is unmatched, unreadable or mismatched."""
+    from rich.table import Table
+
+    from lens.training.pairs import audit, find_pairs
+
+    total = len(find_pairs(folder)[0])
+    with _progress() as progress:
+        task = progress.add_task("audit", total=total, rate="")
+        report = audit(folder, on_pair=lambda: progress.advance(task))
+    table = Table(title=f"audit of {escape(str(folder))}")
+    table.add_column("check")
+    table.add_column("result", justify="right")
+    table.add_row("pairs", str(report.pairs))
+    table.add_row("shoots", str(report.shoots))
+    for size, n in sorted(report.sizes.items(), key=lambda kv: -kv[1]):
+        table.add_row(f"size {size}", str(n))
+    for name in ("unmatched", "unreadable", "size_mismatch", "near_identical"):
+        table.add_row(name.replace("_", " "), str(len(getattr(report, name))))
+    console.print(table)
+    for name in ("unmatched", "unreadable", "size_mismatch", "near_identical"):
+        for item in getattr(report, name)[:20]:
+            console.print(f"[yellow]{name}:[/] {escape(str(item))}", soft_wrap=True)
+    if json_out:
+        _write_json(json_out, report.to_dict())
+    if not report.clean:
+        raise typer.Exit(1)
+
+
+@data_app.command("pseudo-label")
+def data_pseudo_label(
+    folder: Path = typer.Argument(..., exists=True, file_okay=False, help="Folder of pairs in the workload layout.", show_default=False),
+    limit: int = typer.Option(0, min=0, help="Only the first N pairs (0: all)."),
+) -> None:
+    """Fit each pair's parametric warp (k1, k2, zoom, centre offset) by coarse-to-fine
+    registration and write `labels.jsonl` with the fit residual (grey levels)."""
+    _require_torch("data pseudo-label")
+    import json
+
+    from lens.runtime.io import ImageReadError, read_image, write_atomic
+    from lens.training.pairs import LABELS_FILE, find_pairs
+    from lens.training.pseudo_label import fit_pair
+
+    pairs, _ = find_pairs(folder)
+    pairs = pairs[:limit] if limit else pairs
+    records, failed = [], 0
+    with _progress() as progress:
+        task = progress.add_task("pseudo-label", total=len(pairs), rate="")
+        for pair in pairs:
+            try:
+                fit = fit_pair(read_image(pair.original).pixels, read_image(pair.generated).pixels)
+                records.append(fit.to_record(pair.pair_id))
+            except ImageReadError as exc:
+                failed += 1
+                progress.console.print(f"[red]failed:[/] {escape(str(exc))}", soft_wrap=True)
+            progress.advance(task)
+    write_atomic(folder / LABELS_FILE, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records).encode())
+    console.print(f"{len(records)} labels -> {escape(str(folder / LABELS_FILE))}, {failed} failed", soft_wrap=True)
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def train(
+    stage: str = typer.Option(..., help="param | hybrid | finetune (hybrid starts from param's best, finetune from hybrid's)."),
+    run_dir: Path = typer.Option(Path("runs/default"), "--run", help="Run folder; each stage writes <run>/<stage>/{best,last}.pt."),
+    parent: Optional[Path] = typer.Option(None, help="Parent checkpoint (default: <run>/<parent stage>/best.pt)."),
+    steps: int = typer.Option(2000, min=1),
+    batch: int = typer.Option(32, min=2),
+    lr: float = typer.Option(1e-3),
+    workload_share: float = typer.Option(0.5, min=0.0, max=1.0, help="Share of each batch from the workload regime."),
+    pool_size: int = typer.Option(512, min=8, help="Rendered training sources."),
+    val_size: int = typer.Option(64, min=8),
+    val_every: int = typer.Option(200, min=1),
+    backbone: str = typer.Option("small", help="small (CPU) or resnet (GPU); param stage only."),
+    seed: int = typer.Option(0),
+    device: str = typer.Option("cpu", help="cpu or cuda."),
+    workers: int = typer.Option(1, min=1, help="Processes rendering the source pool."),
+    minutes: float = typer.Option(0.0, min=0.0, help="Wall-clock budget (0: none); the schedule adapts to it."),
+    resume: bool = typer.Option(True, help="Resume from <run>/<stage>/last.pt when present."),
+) -> None:
+    """Train one stage; an interrupted run resumes where it stopped."""
+    _require_torch("train")
+    import time
+
+    from lens.training.model import ModelConfig
+    from lens.training.train import TrainConfig
+    from lens.training.train import train as run_training
+
+    try:
+        config = TrainConfig(stage=stage, steps=steps, batch=batch, lr=lr, workload_share=workload_share, pool_size=pool_size,
+                             val_size=val_size, val_every=val_every, seed=seed, device=device, workers=workers,
+                             time_budget_s=minutes * 60, model=ModelConfig(backbone=backbone).to_dict())
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    with _progress() as progress:
+        task = progress.add_task(f"train {stage}", total=steps, rate="")
+
+        def on_step(step: int, loss: float, rate: float) -> None:
+            progress.update(task, completed=step, rate=f"loss {loss:6.3f}  {rate:6.1f} img/s")
+
+        t0 = time.perf_counter()
+        metrics = run_training(config, run_dir, parent=parent, resume=resume, on_step=on_step)
+    console.print(f"{stage}: best validation EPE {metrics.get('epe_mean', float('nan')):.3f} px (mean), "
+                  f"{metrics.get('epe_p95', float('nan')):.3f} px (p95) in {time.perf_counter() - t0:.0f} s "
+                  f"-> {escape(str(run_dir / stage / 'best.pt'))}", soft_wrap=True)
+
+
+@app.command("eval")
+def evaluate_cmd(
+    checkpoint: Path = typer.Option(..., exists=True, dir_okay=False, help="A lens checkpoint (.pt)."),
+    data: str = typer.Option("synthetic:workload", help="synthetic:workload | synthetic:general | a folder of labelled pairs."),
+    count: int = typer.Option(100, min=1, help="Images for synthetic data."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the summary as JSON."),
+) -> None:
+    """Endpoint error of the warp (mean, median, p95; pixels at native resolution), SSIM to the
+    target and modes chosen, against the identity and the best fixed parameter set."""
+    _require_torch("eval")
+    from rich.table import Table
+
+    from lens.training.batches import synthetic_samples
+    from lens.training.checkpoint import load_checkpoint, model_from_checkpoint
+    from lens.training.evaluate import best_fixed_params, dataset_samples, evaluate, training_label_params
+
+    try:
+        ckpt = load_checkpoint(checkpoint)
+    except ValueError as exc:
+        console.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
+        raise typer.Exit(2)
+    model = model_from_checkpoint(ckpt)
+    if data.startswith("synthetic:"):
+        regime = data.split(":", 1)[1]
+        fixed = best_fixed_params(training_label_params(ckpt, regime))
+        samples, total = synthetic_samples(regime, count), count
+    else:
+        import torch
+
+        train_labels = [s.params for s in dataset_samples(data, "train")]
+        if not train_labels:
+            raise typer.BadParameter(f"{data}: no labelled training-split pairs for the fixed baseline", param_hint="--data")
+        fixed = best_fixed_params(torch.cat(train_labels))
+        samples, total = dataset_samples(data, "val"), None
+    with _progress() as progress:
+        task = progress.add_task("eval", total=total, rate="")
+        summary = evaluate(model, samples, ckpt["stage"] != "param", fixed, on_sample=lambda: progress.advance(task))
+    summary.update(checkpoint=str(checkpoint), stage=ckpt["stage"], data=data)
+    table = Table(title=f"{escape(data)}: {summary['images']} images, {escape(ckpt['stage'])} checkpoint")
+    for col in ("method", "EPE mean px", "median", "p95", "SSIM"):
+        table.add_column(col, justify="right" if col != "method" else "left")
+    for name, m in summary["methods"].items():
+        table.add_row(name, f"{m['epe_mean']:.3f}", f"{m['epe_median']:.3f}", f"{m['epe_p95']:.3f}", "-" if m["ssim"] is None else f"{m['ssim']:.4f}")
+    console.print(table)
+    console.print("modes: " + ", ".join(f"{k} {v:.1%}" for k, v in summary["modes"].items()))
+    if json_out:
+        _write_json(json_out, summary)

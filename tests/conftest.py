@@ -4,12 +4,12 @@ import cv2
 import numpy as np
 import pytest
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).resolve().parents[1] / "lens" / "assets" / "photos"
 
 
 @pytest.fixture(scope="session")
 def photo_2048() -> np.ndarray:
-    """A real photograph (tests/data/README.md) resized to 2048 px wide, BGR uint8."""
+    """A real photograph (lens/assets/photos/README.md) resized to 2048 px wide, BGR uint8."""
     img = cv2.imread(str(DATA / "rocket.jpg"))
     h, w = img.shape[:2]
     return cv2.resize(img, (2048, round(h * 2048 / w)), interpolation=cv2.INTER_CUBIC)

@@ -1,4 +1,4 @@
-"""Regenerate samples/: public-domain photos (tests/data) upscaled to 2048 px wide and
+"""Regenerate samples/: public-domain photos (lens/assets/photos) upscaled to 2048 px wide and
 distorted with workload-like barrel coefficients, so `lens run` has realistic inputs.
 
     python tools/make_samples.py
@@ -24,7 +24,7 @@ def main() -> None:
     out = ROOT / "samples"
     out.mkdir(exist_ok=True)
     for name, k1, k2 in SOURCES:
-        rgb = cv2.cvtColor(cv2.imread(str(ROOT / "tests" / "data" / name)), cv2.COLOR_BGR2RGB)
+        rgb = cv2.cvtColor(cv2.imread(str(ROOT / "lens" / "assets" / "photos" / name)), cv2.COLOR_BGR2RGB)
         h, w = rgb.shape[:2]
         if h > w * 2 / 3:  # crop to the workload's landscape 3:2
             top = (h - round(w * 2 / 3)) // 2

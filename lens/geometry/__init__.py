@@ -14,15 +14,25 @@ from lens.geometry.camera import (
 )
 from lens.geometry.grid import (
     distortion_grid,
+    distortion_points,
     fuse_residual,
     identity_grid,
     normalized_to_pixel,
     parametric_grid,
+    parametric_points,
     pixel_to_normalized,
     residual_to_normalized,
     sample,
 )
-from lens.geometry.params import IDENTITY, NUM_PARAMS, PARAM_BOUNDS, PARAM_NAMES, LensParams, clamp_to_bounds
+from lens.geometry.params import (
+    IDENTITY,
+    NUM_PARAMS,
+    PARAM_BOUNDS,
+    PARAM_NAMES,
+    LensParams,
+    clamp_to_bounds,
+    conservative_params,
+)
 from lens.geometry.safety import SAFETY_STATS, grid_safety_stats, jacobian_determinant, stack_stats
 
 __all__ = [
@@ -33,8 +43,10 @@ __all__ = [
     "SAFETY_STATS",
     "LensParams",
     "clamp_to_bounds",
+    "conservative_params",
     "distort",
     "distortion_grid",
+    "distortion_points",
     "fuse_residual",
     "grid_safety_stats",
     "identity_grid",
@@ -44,6 +56,7 @@ __all__ = [
     "normalized_to_pixel",
     "optimal_new_camera",
     "parametric_grid",
+    "parametric_points",
     "pixel_to_normalized",
     "residual_to_normalized",
     "sample",

@@ -33,6 +33,20 @@ def identity_grid(batch: int, height, width, dtype=torch.float32) -> torch.Tenso
     return grid.unsqueeze(0).expand(batch, -1, -1, -1)
 
 
+def parametric_points(params: torch.Tensor, new_camera: torch.Tensor, u: torch.Tensor, v: torch.Tensor, height, width) -> torch.Tensor:
+    """Normalised sampling positions ``(B, *S, 2)`` of output pixels ``(u, v)`` (``(B, *S)`` or
+    broadcastable pixel coordinates) for an undistortion; see `parametric_grid`."""
+    cam = new_camera.reshape((-1, 4) + (1,) * (u.dim() - 1))
+    x = (u - cam[:, 2]) / cam[:, 0]
+    y = (v - cam[:, 3]) / cam[:, 1]
+    x, y = torch.broadcast_tensors(x, y)
+    xd, yd = distort(x, y, params)
+    intr = intrinsics_px(params, height, width).reshape((-1, 3) + (1,) * (u.dim() - 1))
+    px = intr[:, 0] * xd + intr[:, 1]
+    py = intr[:, 0] * yd + intr[:, 2]
+    return torch.stack([pixel_to_normalized(px, width), pixel_to_normalized(py, height)], dim=-1)
+
+
 def parametric_grid(params: torch.Tensor, new_camera: torch.Tensor, height, width) -> torch.Tensor:
     """``(B, H, W, 2)`` backward grid of an undistortion.
 
@@ -46,18 +60,9 @@ def parametric_grid(params: torch.Tensor, new_camera: torch.Tensor, height, widt
     the lens -> input pixel ``f * xd + cx`` -> normalised. Identical to
     ``cv2.initUndistortRectifyMap(K, D, None, newK, (W, H))``.
     """
-    dtype = params.dtype
-    u = torch.arange(width, dtype=dtype).reshape(1, 1, -1)
-    v = torch.arange(height, dtype=dtype).reshape(1, -1, 1)
-    cam = new_camera.reshape(-1, 4, 1, 1)
-    x = (u - cam[:, 2]) / cam[:, 0]
-    y = (v - cam[:, 3]) / cam[:, 1]
-    x, y = torch.broadcast_tensors(x, y)
-    xd, yd = distort(x, y, params)
-    intr = intrinsics_px(params, height, width).reshape(-1, 3, 1, 1)
-    px = intr[:, 0] * xd + intr[:, 1]
-    py = intr[:, 0] * yd + intr[:, 2]
-    return torch.stack([pixel_to_normalized(px, width), pixel_to_normalized(py, height)], dim=-1)
+    u = torch.arange(width, dtype=params.dtype).reshape(1, 1, -1)
+    v = torch.arange(height, dtype=params.dtype).reshape(1, -1, 1)
+    return parametric_points(params, new_camera, u, v, height, width)
 
 
 def residual_to_normalized(flow: torch.Tensor) -> torch.Tensor:
@@ -89,6 +94,20 @@ def sample(image: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
     return F.grid_sample(image, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
 
 
+def distortion_points(params: torch.Tensor, new_camera: torch.Tensor, u: torch.Tensor, v: torch.Tensor, height, width) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalised positions ``(B, *S, 2)`` in the corrected image of distorted-image pixels
+    ``(u, v)``, and a validity mask; see `distortion_grid`."""
+    shape = (-1,) + (1,) * (u.dim() - 1)
+    intr = intrinsics_px(params, height, width)
+    f, cx, cy = intr[:, 0].reshape(shape), intr[:, 1].reshape(shape), intr[:, 2].reshape(shape)
+    xd, yd = torch.broadcast_tensors((u - cx) / f, (v - cy) / f)
+    x, y, valid = undistort_points(xd, yd, params)
+    cam = new_camera.reshape((-1, 4) + (1,) * (u.dim() - 1))
+    px = cam[:, 0] * x + cam[:, 2]
+    py = cam[:, 1] * y + cam[:, 3]
+    return torch.stack([pixel_to_normalized(px, width), pixel_to_normalized(py, height)], dim=-1), valid
+
+
 def distortion_grid(params: torch.Tensor, new_camera: torch.Tensor, height, width) -> tuple[torch.Tensor, torch.Tensor]:
     """The inverse warp of `parametric_grid`: where each pixel of the *distorted* image lies
     in the corrected image. Sampling a corrected (ideal) photo with it synthesises what the
@@ -97,13 +116,6 @@ def distortion_grid(params: torch.Tensor, new_camera: torch.Tensor, height, widt
     Returns the ``(B, H, W, 2)`` grid and a ``(B, H, W)`` boolean mask that is False where the
     lens model has no inverse (beyond its monotonic radius, `monotonic_radius`).
     """
-    dtype = params.dtype
-    intr = intrinsics_px(params, height, width).reshape(-1, 3, 1, 1)
-    u = torch.arange(width, dtype=dtype).reshape(1, 1, -1)
-    v = torch.arange(height, dtype=dtype).reshape(1, -1, 1)
-    xd, yd = torch.broadcast_tensors((u - intr[:, 1]) / intr[:, 0], (v - intr[:, 2]) / intr[:, 0])
-    x, y, valid = undistort_points(xd, yd, params)
-    cam = new_camera.reshape(-1, 4, 1, 1)
-    px = cam[:, 0] * x + cam[:, 2]
-    py = cam[:, 1] * y + cam[:, 3]
-    return torch.stack([pixel_to_normalized(px, width), pixel_to_normalized(py, height)], dim=-1), valid
+    u = torch.arange(width, dtype=params.dtype).reshape(1, 1, -1)
+    v = torch.arange(height, dtype=params.dtype).reshape(1, -1, 1)
+    return distortion_points(params, new_camera, u, v, height, width)

@@ -128,3 +128,24 @@ def clamp_to_bounds(params: torch.Tensor) -> torch.Tensor:
     lo = torch.tensor([PARAM_BOUNDS[n][0] for n in PARAM_NAMES], dtype=params.dtype)
     hi = torch.tensor([PARAM_BOUNDS[n][1] for n in PARAM_NAMES], dtype=params.dtype)
     return torch.maximum(torch.minimum(params, hi), lo)
+
+
+# The conservative fallback's box. With k3 = p1 = p2 = 0, k1 >= -0.12 and 0 <= k2, the radial
+# map's slope 1 + 3 k1 r^2 + 5 k2 r^4 stays >= 0.48 for r^2 <= 1.44; focal >= 0.8 widths and
+# offsets <= 0.02 keep every corner of frames up to 2:3 portrait inside r^2 = 1.35. A monotonic
+# radial map cannot fold, and alpha = 0 framing leaves no black border: safe by construction.
+CONSERVATIVE_BOX = {"k1": (-0.12, 0.2), "k2": (0.0, 0.3), "focal": (0.8, 1.5), "cx": (-0.02, 0.02), "cy": (-0.02, 0.02)}
+CONSERVATIVE_SHRINK = 0.5
+
+
+def conservative_params(params: torch.Tensor) -> torch.Tensor:
+    """``(B, 8)`` -> the milder, provably safe parameter set of the
+    ``param_only_conservative`` mode: radial terms halved and clamped to `CONSERVATIVE_BOX`,
+    k3 and tangential terms dropped (export-safe)."""
+    k1 = torch.clamp(params[:, 0:1] * CONSERVATIVE_SHRINK, *CONSERVATIVE_BOX["k1"])
+    k2 = torch.clamp(params[:, 1:2] * CONSERVATIVE_SHRINK, *CONSERVATIVE_BOX["k2"])
+    zeros = torch.zeros_like(params[:, 2:5])
+    focal = torch.clamp(params[:, 5:6], *CONSERVATIVE_BOX["focal"])
+    cx = torch.clamp(params[:, 6:7], *CONSERVATIVE_BOX["cx"])
+    cy = torch.clamp(params[:, 7:8], *CONSERVATIVE_BOX["cy"])
+    return torch.cat([k1, k2, zeros, focal, cx, cy], dim=1)

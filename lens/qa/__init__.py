@@ -1,0 +1,1 @@
+"""Proxy metrics, QA gates and deterministic packaging (numpy / Pillow / OpenCV only)."""

@@ -1,0 +1,1 @@
+"""Training side: synthetic and real data, the model, losses, stages and checkpoints."""

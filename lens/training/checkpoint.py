@@ -1,0 +1,62 @@
+"""Checkpoints: weights plus everything needed to know where they came from.
+
+A checkpoint is a plain dict of tensors, numbers, strings and lists, so it loads with
+``torch.load(weights_only=True)`` (no pickled code runs when a file is opened).
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import subprocess
+from pathlib import Path
+
+import torch
+
+from lens.runtime.io import write_atomic
+from lens.training.model import LensNet, ModelConfig
+
+STAGES = ("param", "hybrid", "finetune")
+PARENT_STAGE = {"param": None, "hybrid": "param", "finetune": "hybrid"}
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def git_commit() -> str:
+    """The source commit; LENS_GIT_COMMIT names it where the tree has no .git (a copied tree)."""
+    if os.environ.get("LENS_GIT_COMMIT"):
+        return os.environ["LENS_GIT_COMMIT"]
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def save_checkpoint(path: str | Path, payload: dict) -> None:
+    """Atomic save: a killed run never leaves a truncated checkpoint."""
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    write_atomic(path, buf.getvalue())
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt file, or one carrying pickled code
+        raise ValueError(f"{path}: not a loadable lens checkpoint ({exc})") from None
+
+
+def model_from_checkpoint(ckpt: dict) -> LensNet:
+    model = LensNet(ModelConfig(**ckpt["model_config"]))
+    model.load_state_dict(ckpt["model"])
+    return model.eval()

@@ -1,0 +1,139 @@
+"""`lens eval`: warp endpoint error at native resolution against two baselines.
+
+For every image: the model's warp (with its residual for hybrid / fine-tuned checkpoints) is
+compared with the label's warp on a 17 x 25 lattice at the image's own resolution; the
+corrected image is compared with the target by SSIM; the safety policy picks a mode. Two
+baselines are computed in the same run: the identity warp, and the single fixed parameter set
+that best fits the *training* split's labels (what a model that learned nothing but the mean
+would do).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lens.geometry import (
+    IDENTITY,
+    LensParams,
+    conservative_params,
+    fuse_residual,
+    grid_safety_stats,
+    optimal_new_camera,
+    parametric_grid,
+)
+from lens.qa.metrics import ssim, to_grey
+from lens.runtime.policy import MODES, choose_mode
+from lens.runtime.sampling import warp_with_grid
+from lens.training.batches import SOURCE_W, Sample
+from lens.training.losses import endpoint_error, warp_points
+from lens.training.model import LensNet, to_model_input
+from lens.training.synth import sample_params
+
+
+def dataset_samples(folder: str | Path, split: str = "val") -> Iterator[Sample]:
+    """Labelled pairs from a folder in the workload layout (`lens.training.pairs`)."""
+    from lens.runtime.io import read_image
+    from lens.training.pairs import find_pairs, read_labels, split_by_shoot
+
+    pairs, _ = find_pairs(folder)
+    labels = read_labels(folder)
+    if not labels:
+        raise ValueError(f"{folder}: no {'labels.jsonl'} (run `lens data pseudo-label` first)")
+    train, val = split_by_shoot(pairs)
+    chosen = {"val": val, "train": train, "all": pairs}[split]
+    for pair in chosen:
+        if pair.pair_id not in labels:
+            continue
+        params = LensParams(**labels[pair.pair_id]["params"]).to_tensor()
+        yield Sample(pair.pair_id, read_image(pair.original).pixels[..., :3], read_image(pair.generated).pixels[..., :3], params)
+
+
+def best_fixed_params(label_params: torch.Tensor, height: int = 1366, width: int = 2048) -> torch.Tensor:
+    """``(1, 8)``: the one (k1, k2) [f = width, centred] minimising mean endpoint error over the
+    given label set, by L-BFGS from the mean."""
+    theta = label_params[:, :2].mean(dim=0).clone().requires_grad_(True)
+    true = warp_points(label_params, height, width).detach()
+    base = torch.tensor([IDENTITY], dtype=torch.float32)
+    optim = torch.optim.LBFGS([theta], max_iter=50, line_search_fn="strong_wolfe")
+
+    def fixed() -> torch.Tensor:
+        return torch.cat([theta.unsqueeze(0), base[:, 2:]], dim=1)
+
+    def closure():
+        optim.zero_grad()
+        pred = warp_points(fixed(), height, width).expand_as(true)
+        loss = endpoint_error(pred, true, height, width).mean()
+        loss.backward()
+        return loss
+
+    optim.step(closure)
+    return fixed().detach()
+
+
+def predict(model: LensNet, rgb: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Parameters ``(1, 8)`` and residual flow of one full-resolution RGB image."""
+    image = torch.from_numpy(rgb).permute(2, 0, 1)[None].float()
+    aspect = torch.tensor([rgb.shape[0] / rgb.shape[1]])
+    with torch.no_grad():
+        return model(to_model_input(image, model.config.input_height, model.config.input_width), aspect)
+
+
+def _stats(grid, flow=None) -> dict[str, float]:
+    return {k: float(v) for k, v in grid_safety_stats(grid, flow, jacobian_stride=8).items()}
+
+
+def evaluate(model: LensNet, samples: Iterator[Sample], use_flow: bool, fixed: torch.Tensor,
+             on_sample: Callable[[], None] | None = None) -> dict:
+    """Per-method endpoint errors and similarities, and the share of images per mode."""
+    rows = {"model": [], "identity": [], "best_fixed": []}
+    sims = {"model": [], "identity": [], "best_fixed": []}
+    modes = dict.fromkeys(MODES, 0)
+    identity = torch.tensor([IDENTITY], dtype=torch.float32)
+    for s in samples:
+        h, w = s.original.shape[:2]
+        params, flow = predict(model, s.original)
+        true = warp_points(s.params, h, w)
+        with torch.no_grad():
+            param_grid = parametric_grid(params, optimal_new_camera(params, h, w), h, w)
+            hybrid_grid = fuse_residual(param_grid, flow) if use_flow else None
+            mode, _ = choose_mode(_stats(hybrid_grid, flow) if use_flow else None, _stats(param_grid))
+        modes[mode] += 1
+        if mode == "hybrid":
+            model_grid, model_flow = hybrid_grid, flow
+        elif mode == "param_only":
+            model_grid, model_flow = param_grid, None
+        else:
+            cons = conservative_params(params)
+            model_grid, model_flow = parametric_grid(cons, optimal_new_camera(cons, h, w), h, w), None
+            params = cons
+        for name, p, f, grid in (("model", params, model_flow, model_grid), ("identity", identity, None, None), ("best_fixed", fixed, None, None)):
+            rows[name].append(float(endpoint_error(warp_points(p, h, w, f), true, h, w)))
+            if s.target is not None:
+                if grid is None:
+                    grid = parametric_grid(p, optimal_new_camera(p, h, w), h, w)
+                out = warp_with_grid(s.original, grid[0].numpy())
+                sims[name].append(ssim(to_grey(out, 512), to_grey(s.target, 512)))
+        if on_sample:
+            on_sample()
+    n = len(rows["model"])
+    summary = {"images": n, "modes": {m: c / max(1, n) for m, c in modes.items()}, "methods": {}}
+    for name, errs in rows.items():
+        e = np.array(errs)
+        summary["methods"][name] = {
+            "epe_mean": float(e.mean()) if n else float("nan"),
+            "epe_median": float(np.median(e)) if n else float("nan"),
+            "epe_p95": float(np.percentile(e, 95)) if n else float("nan"),
+            "ssim": float(np.mean(sims[name])) if sims[name] else None,
+        }
+    summary["best_fixed_params"] = LensParams.from_sequence(fixed[0].tolist()).as_dict()
+    return summary
+
+
+def training_label_params(ckpt: dict, regime: str, count: int = 2000) -> torch.Tensor:
+    """The training split's label distribution for a synthetic regime, regenerated from the
+    checkpoint's seed (training labels are parameter draws; no images are needed)."""
+    seed = int(ckpt.get("seed", 0))
+    return sample_params(regime, count, np.random.default_rng(seed + 104729), int(SOURCE_W * 2 / 3), SOURCE_W)

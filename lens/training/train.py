@@ -1,0 +1,190 @@
+"""The training loop: one function, read top to bottom.
+
+Three stages share it (`TrainConfig.stage`):
+
+- ``param``: the parameter head and backbone learn the lens; the residual is not used;
+- ``hybrid``: starts from ``param``'s best; the fused grid (parameters + residual) is
+  supervised, with residual smoothness and a Jacobian fold-over penalty;
+- ``finetune``: starts from ``hybrid``'s best at a lower learning rate.
+
+A run directory holds ``<stage>/last.pt`` (written every ``checkpoint_every`` steps, with the
+optimiser and random states, so an interrupted run resumes exactly where it stopped) and
+``<stage>/best.pt`` (best validation endpoint error). Everything is seeded; on a CPU the same
+config gives the same weights.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lens.training.batches import VAL_PHOTOS, TRAIN_PHOTOS, Batch, build_pool, draw_batch, fingerprint
+from lens.training.checkpoint import PARENT_STAGE, STAGES, git_commit, load_checkpoint, save_checkpoint, sha256_file
+from lens.training.losses import endpoint_error, foldover_penalty, reference_size, smoothness, warp_points
+from lens.training.model import LensNet, ModelConfig, to_model_input
+
+
+@dataclass
+class TrainConfig:
+    stage: str = "param"
+    steps: int = 2000
+    batch: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    workload_share: float = 0.5  # share of each batch drawn from the workload regime
+    pool_size: int = 512  # rendered training sources
+    val_size: int = 64  # validation pairs (held-out scenes and photo), drawn once
+    val_every: int = 200
+    checkpoint_every: int = 100
+    smoothness_weight: float = 10.0
+    foldover_weight: float = 1.0
+    seed: int = 0
+    threads: int = 0  # 0: torch's default
+    device: str = "cpu"
+    workers: int = 1  # processes rendering the source pool
+    # Optional wall-clock budget: the schedule follows max(step / steps, elapsed / budget) and
+    # training stops when it reaches 1. Runs with a budget are not bit-reproducible.
+    time_budget_s: float = 0.0
+    model: dict = field(default_factory=lambda: ModelConfig().to_dict())
+
+    def __post_init__(self) -> None:
+        if self.stage not in STAGES:
+            raise ValueError(f"unknown stage {self.stage!r}: choose from {STAGES}")
+
+
+def _forward(model: LensNet, batch: Batch, use_flow: bool):
+    cfg = model.config
+    small = to_model_input(batch.images, cfg.input_height, cfg.input_width)
+    params, flow = model(small, batch.aspect)
+    height, width = reference_size(batch.aspect)
+    pred = warp_points(params, height, width, flow if use_flow else None)
+    true = warp_points(batch.params, height, width)
+    return params, flow, pred, true, height, width
+
+
+def evaluate_batches(model: LensNet, batches: list[Batch], use_flow: bool) -> dict[str, float]:
+    """Mean, median and p95 endpoint error in reference-resolution pixels."""
+    model.eval()
+    errs = []
+    with torch.no_grad():
+        for b in batches:
+            _, _, pred, true, h, w = _forward(model, b, use_flow)
+            errs.append(endpoint_error(pred, true, h, w))
+    e = torch.cat(errs).numpy()
+    return {"epe_mean": float(e.mean()), "epe_median": float(np.median(e)), "epe_p95": float(np.percentile(e, 95))}
+
+
+def _rng_state(rng: np.random.Generator) -> dict:
+    return rng.bit_generator.state
+
+
+def train(config: TrainConfig, run_dir: str | Path, parent: str | Path | None = None, resume: bool = True,
+          on_step: Callable[[int, float, float], None] | None = None) -> dict:
+    """Train one stage into ``run_dir/<stage>/``; returns the final validation metrics.
+
+    ``parent`` defaults to ``run_dir/<parent stage>/best.pt`` for the hybrid and finetune
+    stages. ``on_step(step, loss, samples_per_s)`` reports progress."""
+    run_dir = Path(run_dir)
+    stage_dir = run_dir / config.stage
+    last_path, best_path = stage_dir / "last.pt", stage_dir / "best.pt"
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+
+    model = LensNet(ModelConfig(**config.model))
+    parent_info = None
+    if PARENT_STAGE[config.stage] is not None:
+        parent = Path(parent) if parent else run_dir / PARENT_STAGE[config.stage] / "best.pt"
+        pckpt = load_checkpoint(parent)
+        if pckpt["stage"] != PARENT_STAGE[config.stage]:
+            raise ValueError(f"{parent}: stage {config.stage} starts from a {PARENT_STAGE[config.stage]} checkpoint, not {pckpt['stage']}")
+        model = LensNet(ModelConfig(**pckpt["model_config"]))
+        model.load_state_dict(pckpt["model"])
+        config.model = pckpt["model_config"]
+        parent_info = {"path": str(parent), "sha256": sha256_file(parent), "stage": pckpt["stage"]}
+    use_flow = config.stage != "param"
+    device = torch.device(config.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    model.to(device)
+    optim = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    clock = {"start": time.perf_counter(), "offset": 0.0}
+
+    def progress(i: int) -> float:
+        done = i / config.steps
+        if config.time_budget_s:
+            done = max(done, (clock["offset"] + time.perf_counter() - clock["start"]) / config.time_budget_s)
+        return min(1.0, done)
+
+    def lr_factor(i: int) -> float:  # linear warm-up over the first 3%, then cosine decay to 2%
+        p = progress(i)
+        return min(1.0, max(p, (i + 1) / config.steps) / 0.03) * (0.02 + 0.98 * 0.5 * (1 + np.cos(np.pi * p)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(optim, lr_factor)
+
+    pool = build_pool(config.pool_size, config.seed, TRAIN_PHOTOS, workers=config.workers)
+    val_rng = np.random.default_rng(config.seed + 1)
+    val_pool = build_pool(max(16, config.val_size // 2), config.seed, VAL_PHOTOS, validation=True, workers=config.workers)
+    val_batches = [draw_batch(val_pool, min(32, config.val_size), val_rng, 0.5, device=device) for _ in range(max(1, config.val_size // 32))]
+    data_fp = fingerprint(pool)
+
+    step, best = 0, float("inf")
+    if resume and last_path.exists():
+        state = load_checkpoint(last_path)
+        if state["stage"] != config.stage:
+            raise ValueError(f"{last_path}: holds stage {state['stage']}, not {config.stage}")
+        model.load_state_dict(state["model"])
+        optim.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        rng.bit_generator.state = state["rng"]
+        torch.set_rng_state(state["torch_rng"])
+        step, best = state["step"], state["best_epe"]
+        clock["offset"] = state.get("elapsed_s", 0.0)
+
+    def payload(kind: str, metrics: dict | None) -> dict:
+        out = {
+            "format": "lens-checkpoint/1", "kind": kind, "stage": config.stage, "step": step,
+            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "model_config": dict(config.model), "train_config": asdict(config),
+            "parent": parent_info, "seed": config.seed, "data_fingerprint": data_fp, "git_commit": git_commit(),
+            "val_metrics": metrics or {}, "best_epe": best,
+        }
+        if kind == "last":
+            out.update(optimizer=optim.state_dict(), scheduler=sched.state_dict(), rng=_rng_state(rng), torch_rng=torch.get_rng_state(),
+                       elapsed_s=clock["offset"] + time.perf_counter() - clock["start"])
+        return out
+
+    metrics: dict = {}
+    t0, seen = time.perf_counter(), 0
+    while step < config.steps and progress(step) < 1.0:
+        model.train()
+        batch = draw_batch(pool, config.batch, rng, config.workload_share, device=device)
+        params, flow, pred, true, h, w = _forward(model, batch, use_flow)
+        loss = endpoint_error(pred, true, h, w).mean()
+        if use_flow:
+            loss = loss + config.smoothness_weight * smoothness(flow) + config.foldover_weight * foldover_penalty(pred, h, w)
+        optim.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        optim.step()
+        sched.step()
+        step += 1
+        seen += config.batch
+        if on_step:
+            on_step(step, loss.item(), seen / (time.perf_counter() - t0))
+        finished = step == config.steps or progress(step) >= 1.0
+        if step % config.val_every == 0 or finished:
+            metrics = evaluate_batches(model, val_batches, use_flow)
+            if metrics["epe_mean"] < best:
+                best = metrics["epe_mean"]
+                save_checkpoint(best_path, payload("best", metrics))
+        if step % config.checkpoint_every == 0 or finished:
+            save_checkpoint(last_path, payload("last", metrics))
+    if not best_path.exists():  # resumed a finished run
+        metrics = evaluate_batches(model, val_batches, use_flow)
+        save_checkpoint(best_path, payload("best", metrics))
+    return load_checkpoint(best_path)["val_metrics"]
