@@ -62,7 +62,7 @@ def monotonic_radius(params: torch.Tensor) -> torch.Tensor:
     """``(B,)`` largest ideal radius up to which ``r -> r (1 + k1 r^2 + k2 r^4 + k3 r^6)`` is
     strictly increasing (capped at 4.0). Beyond it the lens model folds over and has no
     inverse: strong barrel distortion maps far-out points back towards the centre."""
-    r = torch.arange(_R_SEARCH_STEPS, dtype=params.dtype) * (_R_SEARCH_MAX / (_R_SEARCH_STEPS - 1))
+    r = torch.arange(_R_SEARCH_STEPS, dtype=params.dtype, device=params.device) * (_R_SEARCH_MAX / (_R_SEARCH_STEPS - 1))
     r2 = (r * r).unsqueeze(0)
     k1, k2, k3 = (params[:, i : i + 1] for i in range(3))
     slope = 1 + r2 * (3 * k1 + r2 * (5 * k2 + r2 * 7 * k3))
@@ -110,7 +110,7 @@ def optimal_new_camera(params: torch.Tensor, height, width, alpha: float = 0.0) 
     workload's targets follow this convention). The output size equals the input size.
     """
     n = _BORDER_SAMPLES
-    steps = torch.arange(n, dtype=params.dtype) / (n - 1)
+    steps = torch.arange(n, dtype=params.dtype, device=params.device) / (n - 1)
     zeros, ones = torch.zeros_like(steps), torch.ones_like(steps)
     # Rows: left, right, top and bottom edge of the input, in pixels. For a monotonic lens
     # map the extremes of the undistorted image lie on these edges.

@@ -25,10 +25,10 @@ def normalized_to_pixel(g: torch.Tensor, size) -> torch.Tensor:
     return (g + 1.0) * ((size - 1) * 0.5)
 
 
-def identity_grid(batch: int, height, width, dtype=torch.float32) -> torch.Tensor:
+def identity_grid(batch: int, height, width, dtype=torch.float32, device=None) -> torch.Tensor:
     """``(B, H, W, 2)`` grid that samples every pixel at its own centre."""
-    gx = pixel_to_normalized(torch.arange(width, dtype=dtype), width)
-    gy = pixel_to_normalized(torch.arange(height, dtype=dtype), height)
+    gx = pixel_to_normalized(torch.arange(width, dtype=dtype, device=device), width)
+    gy = pixel_to_normalized(torch.arange(height, dtype=dtype, device=device), height)
     grid = torch.stack(torch.broadcast_tensors(gx.unsqueeze(0), gy.unsqueeze(1)), dim=-1)
     return grid.unsqueeze(0).expand(batch, -1, -1, -1)
 
@@ -60,8 +60,8 @@ def parametric_grid(params: torch.Tensor, new_camera: torch.Tensor, height, widt
     the lens -> input pixel ``f * xd + cx`` -> normalised. Identical to
     ``cv2.initUndistortRectifyMap(K, D, None, newK, (W, H))``.
     """
-    u = torch.arange(width, dtype=params.dtype).reshape(1, 1, -1)
-    v = torch.arange(height, dtype=params.dtype).reshape(1, -1, 1)
+    u = torch.arange(width, dtype=params.dtype, device=params.device).reshape(1, 1, -1)
+    v = torch.arange(height, dtype=params.dtype, device=params.device).reshape(1, -1, 1)
     return parametric_points(params, new_camera, u, v, height, width)
 
 
@@ -116,6 +116,6 @@ def distortion_grid(params: torch.Tensor, new_camera: torch.Tensor, height, widt
     Returns the ``(B, H, W, 2)`` grid and a ``(B, H, W)`` boolean mask that is False where the
     lens model has no inverse (beyond its monotonic radius, `monotonic_radius`).
     """
-    u = torch.arange(width, dtype=params.dtype).reshape(1, 1, -1)
-    v = torch.arange(height, dtype=params.dtype).reshape(1, -1, 1)
+    u = torch.arange(width, dtype=params.dtype, device=params.device).reshape(1, 1, -1)
+    v = torch.arange(height, dtype=params.dtype, device=params.device).reshape(1, -1, 1)
     return distortion_points(params, new_camera, u, v, height, width)

@@ -125,8 +125,8 @@ class LensParams:
 
 def clamp_to_bounds(params: torch.Tensor) -> torch.Tensor:
     """Clamp a ``(B, 8)`` tensor to `PARAM_BOUNDS` (export-safe)."""
-    lo = torch.tensor([PARAM_BOUNDS[n][0] for n in PARAM_NAMES], dtype=params.dtype)
-    hi = torch.tensor([PARAM_BOUNDS[n][1] for n in PARAM_NAMES], dtype=params.dtype)
+    lo = torch.tensor([PARAM_BOUNDS[n][0] for n in PARAM_NAMES], dtype=params.dtype, device=params.device)
+    hi = torch.tensor([PARAM_BOUNDS[n][1] for n in PARAM_NAMES], dtype=params.dtype, device=params.device)
     return torch.maximum(torch.minimum(params, hi), lo)
 
 

@@ -17,17 +17,17 @@ REFERENCE_WIDTH = 2048
 EPE_ROWS, EPE_COLS = 17, 25
 
 
-def epe_points(height: int, width: int, rows: int = EPE_ROWS, cols: int = EPE_COLS) -> tuple[torch.Tensor, torch.Tensor]:
+def epe_points(height: int, width: int, rows: int = EPE_ROWS, cols: int = EPE_COLS, device=None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(1, rows, cols)`` pixel coordinates of an evenly spaced lattice, corners included."""
-    u = torch.linspace(0, width - 1, cols).reshape(1, 1, -1).expand(1, rows, cols)
-    v = torch.linspace(0, height - 1, rows).reshape(1, -1, 1).expand(1, rows, cols)
+    u = torch.linspace(0, width - 1, cols, device=device).reshape(1, 1, -1).expand(1, rows, cols)
+    v = torch.linspace(0, height - 1, rows, device=device).reshape(1, -1, 1).expand(1, rows, cols)
     return u, v
 
 
 def warp_points(params: torch.Tensor, height: int, width: int, flow: torch.Tensor | None = None) -> torch.Tensor:
     """``(B, rows, cols, 2)`` normalised sampling positions of the alpha = 0 correction at the
     EPE lattice, with the residual ``flow`` (`lens.geometry.fuse_residual` units) if given."""
-    u, v = epe_points(height, width)
+    u, v = epe_points(height, width, device=params.device)
     camera = optimal_new_camera(params, height, width)
     pts = parametric_points(params, camera, u, v, height, width)
     if flow is not None:
