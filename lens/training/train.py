@@ -74,7 +74,7 @@ def evaluate_batches(model: LensNet, batches: list[Batch], use_flow: bool) -> di
         for b in batches:
             _, _, pred, true, h, w = _forward(model, b, use_flow)
             errs.append(endpoint_error(pred, true, h, w))
-    e = torch.cat(errs).numpy()
+    e = torch.cat(errs).cpu().numpy()
     return {"epe_mean": float(e.mean()), "epe_median": float(np.median(e)), "epe_p95": float(np.percentile(e, 95))}
 
 
