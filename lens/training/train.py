@@ -123,7 +123,7 @@ def train(config: TrainConfig, run_dir: str | Path, parent: str | Path | None = 
 
     def lr_factor(i: int) -> float:  # linear warm-up over the first 3%, then cosine decay to 2%
         p = progress(i)
-        return min(1.0, max(p, (i + 1) / config.steps) / 0.03) * (0.02 + 0.98 * 0.5 * (1 + np.cos(np.pi * p)))
+        return float(min(1.0, max(p, (i + 1) / config.steps) / 0.03) * (0.02 + 0.98 * 0.5 * (1 + np.cos(np.pi * p))))
 
     sched = torch.optim.lr_scheduler.LambdaLR(optim, lr_factor)
 
