@@ -224,8 +224,8 @@ def data_pseudo_label(
 @app.command()
 def train(
     stage: str = typer.Option(..., help="param | hybrid | finetune (hybrid starts from param's best, finetune from hybrid's)."),
-    run_dir: Path = typer.Option(Path("runs/default"), "--run", help="Run folder; each stage writes <run>/<stage>/{best,last}.pt."),
-    parent: Optional[Path] = typer.Option(None, help="Parent checkpoint (default: <run>/<parent stage>/best.pt)."),
+    run_dir: Path = typer.Option(Path("runs/default"), "--run", help="Run folder; each stage writes `<run>/<stage>/{best,last}.pt`."),
+    parent: Optional[Path] = typer.Option(None, help="Parent checkpoint (default: `<run>/<parent stage>/best.pt`)."),
     steps: int = typer.Option(2000, min=1),
     batch: int = typer.Option(32, min=2),
     lr: float = typer.Option(1e-3),
@@ -238,7 +238,7 @@ def train(
     device: str = typer.Option("cpu", help="cpu or cuda."),
     workers: int = typer.Option(1, min=1, help="Processes rendering the source pool."),
     minutes: float = typer.Option(0.0, min=0.0, help="Wall-clock budget (0: none); the schedule adapts to it."),
-    resume: bool = typer.Option(True, help="Resume from <run>/<stage>/last.pt when present."),
+    resume: bool = typer.Option(True, help="Resume from `<run>/<stage>/last.pt` when present."),
 ) -> None:
     """Train one stage; an interrupted run resumes where it stopped."""
     _require_torch("train")
@@ -314,3 +314,105 @@ def evaluate_cmd(
     console.print("modes: " + ", ".join(f"{k} {v:.1%}" for k, v in summary["modes"].items()))
     if json_out:
         _write_json(json_out, summary)
+
+
+# ---------------------------------------------------------------- QA side
+
+
+@app.command()
+def score(
+    pred: Path = typer.Argument(..., exists=True, file_okay=False, help="Folder of predictions `<id>.jpg`.", show_default=False),
+    gt: Path = typer.Argument(..., exists=True, file_okay=False, help="Folder of targets `<id>.jpg` or `<id>_generated.jpg`.", show_default=False),
+    inputs: Optional[Path] = typer.Option(None, exists=True, file_okay=False, help="Uncorrected inputs: also report the score relative to them (uncorrected = 0)."),
+    csv_out: Optional[Path] = typer.Option(None, "--csv", help="Per-image scores as CSV."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Summary as JSON."),
+    workers: int = typer.Option(2, min=1, help="Scoring threads."),
+) -> None:
+    """Proxy of the workload's per-image score (0..100): edges 40%, line straightness 22%,
+    gradient orientation 18%, SSIM 15%, MAE 5%, with hard fails that zero an image."""
+    import csv
+    import io
+
+    from lens.qa.score import score_folder
+    from lens.runtime.io import write_atomic
+
+    n = sum(1 for p in pred.iterdir() if p.is_file() and p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    with _progress() as progress:
+        task = progress.add_task("score", total=n, rate="")
+        rows, summary = score_folder(pred, gt, inputs, workers, on_image=lambda: progress.advance(task))
+    if csv_out:
+        cols = ["id", "score", "relative_score", "uncorrected_score", "edge", "line", "gradient", "ssim", "mae", "hard_fail", "error"]
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        write_atomic(csv_out, buf.getvalue().encode())
+    if json_out:
+        _write_json(json_out, summary)
+    mean = summary["mean_score"]
+    line = f"{summary['images']} images, mean score {mean:.2f}" if mean is not None else "no images"
+    if "mean_relative_score" in summary:
+        line += f", uncorrected {summary['mean_uncorrected_score']:.2f}, relative {summary['mean_relative_score']:.2f}"
+    console.print(line + f", {summary['hard_fails']} hard fail(s)")
+
+
+def _qa_report(pred: Path, inputs: Path, ids: Optional[Path], require_metadata: bool):
+    from lens.qa.gates import run_gates
+
+    n = sum(1 for p in pred.iterdir() if p.is_file())
+    with _progress() as progress:
+        task = progress.add_task("qa", total=n, rate="")
+        report = run_gates(pred, inputs, ids, require_metadata=require_metadata, on_file=lambda: progress.advance(task))
+    for f in report.failures():
+        console.print(f"[red]{escape(f['gate'])}:[/] {escape(f['file'])}: {escape(f['reason'])}", soft_wrap=True)
+    console.print(("[green]QA passed[/]" if report.passed else f"[red]QA failed[/]: {len(report.failures())} problem(s)") + f" ({report.checked_files} checked)")
+    return report
+
+
+@app.command()
+def qa(
+    pred: Path = typer.Argument(..., exists=True, file_okay=False, help="Folder of predictions `<id>.jpg`.", show_default=False),
+    inputs: Path = typer.Option(..., exists=True, file_okay=False, help="Folder of the inputs (`<id>.jpg` or `<id>_original.jpg`)."),
+    ids: Optional[Path] = typer.Option(None, exists=True, dir_okay=False, help="File with the exact expected ids, one per line (default: the inputs' ids)."),
+    report: Optional[Path] = typer.Option(None, help="Write an HTML report (failures, before/after thumbnails)."),
+    json_out: Path = typer.Option(Path("qa.json"), "--json", help="Where to write the gate results."),
+    require_metadata: bool = typer.Option(True, help="Require `lens run` metadata beside the images."),
+) -> None:
+    """Gate a folder of predictions: exact id set, decodes, same size as input, changed,
+    no black or constant border, no catastrophic regional difference, run metadata with no
+    hard-unsafe image. Exit code 0 only when every gate passes."""
+    result = _qa_report(pred, inputs, ids, require_metadata)
+    _write_json(json_out, result.to_dict())
+    if report:
+        from lens.qa.report import render_html
+        from lens.runtime.io import write_atomic
+
+        write_atomic(report, render_html(result, pred).encode())
+        console.print(f"report -> {escape(str(report))}", soft_wrap=True)
+    if not result.passed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def package(
+    pred: Path = typer.Argument(..., exists=True, file_okay=False, help="Folder of predictions `<id>.jpg`.", show_default=False),
+    out: Path = typer.Option(..., help="The zip to write, e.g. submission.zip."),
+    inputs: Path = typer.Option(..., exists=True, file_okay=False, help="Folder of the inputs, for QA."),
+    ids: Optional[Path] = typer.Option(None, exists=True, dir_okay=False, help="Exact expected ids, one per line."),
+    strict: bool = typer.Option(False, help="Also require `lens run` metadata with no hard-unsafe image."),
+    force: bool = typer.Option(False, help="Package even when QA fails (recorded in the manifest)."),
+) -> None:
+    """Run QA, then write a byte-reproducible flat zip of `<id>.jpg` (stored, sorted, fixed
+    timestamps and permissions), re-read and verify it, and write `<zip>.manifest.json`."""
+    from lens.qa.package import PackageError
+    from lens.qa.package import package as build_package
+
+    result = _qa_report(pred, inputs, ids, require_metadata=strict)
+    _write_json(out.with_name(out.name + ".qa.json"), result.to_dict())
+    try:
+        done = build_package(pred, out, result, force=force)
+    except PackageError as exc:
+        console.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
+        raise typer.Exit(1)
+    console.print(f"{done.entries} entries -> {escape(str(done.zip_path))} (sha256 {done.sha256[:16]}…), manifest {escape(str(done.manifest_path))}"
+                  + (" [yellow](forced past failed QA)[/]" if force and not result.passed else ""), soft_wrap=True)

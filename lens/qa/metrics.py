@@ -7,7 +7,12 @@ import numpy as np
 
 def to_grey(rgb: np.ndarray, width: int | None = None) -> np.ndarray:
     """float32 grey image, optionally area-resized to ``width`` (aspect kept)."""
-    grey = rgb[..., 0] if rgb.ndim == 3 and rgb.shape[2] == 1 else (cv2.cvtColor(rgb[..., :3], cv2.COLOR_RGB2GRAY) if rgb.ndim == 3 else rgb)
+    if rgb.ndim == 2:
+        grey = rgb
+    elif rgb.shape[2] == 1:
+        grey = rgb[..., 0]
+    else:
+        grey = cv2.cvtColor(np.ascontiguousarray(rgb[..., :3]), cv2.COLOR_RGB2GRAY)
     if width and grey.shape[1] != width:
         grey = cv2.resize(grey, (width, max(2, round(grey.shape[0] * width / grey.shape[1]))), interpolation=cv2.INTER_AREA)
     return grey.astype(np.float32)

@@ -1,0 +1,178 @@
+"""`lens score`, `lens qa`, `lens package` as a user runs them."""
+import json
+import re
+import zipfile
+from html.parser import HTMLParser
+
+import base64
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from lens.cli import app
+from lens.geometry import IDENTITY, LensParams, optimal_new_camera, parametric_grid
+from lens.qa.score import score_pair
+from lens.runtime.io import DecodedImage, write_image
+from lens.runtime.sampling import warp_with_grid
+from lens.training.batches import synthetic_samples
+
+runner = CliRunner(env={"COLUMNS": "200", "TERMINAL_WIDTH": "200"})
+
+
+def _correct(original: np.ndarray, params: torch.Tensor) -> np.ndarray:
+    h, w = original.shape[:2]
+    grid = parametric_grid(params, optimal_new_camera(params.double(), h, w).float(), h, w)
+    return warp_with_grid(original, grid[0].numpy())
+
+
+@pytest.fixture(scope="module")
+def pairs():
+    return list(synthetic_samples("workload", 4, seed=11, width=768, height=512))
+
+
+def test_score_ranks_uncorrected_below_target_and_is_monotonic_in_error(pairs):
+    identity = torch.tensor([IDENTITY])
+    for s in pairs:
+        assert score_pair(s.target, s.target).score == pytest.approx(100.0, abs=1e-6)
+        uncorrected = score_pair(s.original, s.target).score
+        # Corrections of increasing error: the true warp blended towards doing nothing.
+        scores = [score_pair(_correct(s.original, s.params + t * (identity - s.params)), s.target).score for t in (0.0, 0.3, 0.6)]
+        assert scores[0] > uncorrected
+        assert scores == sorted(scores, reverse=True), scores
+
+
+@pytest.fixture()
+def submission(tmp_path, pairs):
+    """inputs/<id>.jpg distorted, pred/<id>.jpg corrected with the true parameters."""
+    inputs, pred = tmp_path / "inputs", tmp_path / "pred"
+    for i, s in enumerate(pairs):
+        write_image(inputs / f"img{i}.jpg", DecodedImage(s.original))
+        write_image(pred / f"img{i}.jpg", DecodedImage(_correct(s.original, s.params)))
+    return inputs, pred
+
+
+def test_score_cli_writes_csv_and_relative_scores(tmp_path, submission, pairs):
+    inputs, pred = submission
+    gt = tmp_path / "gt"
+    for i, s in enumerate(pairs):
+        write_image(gt / f"img{i}_generated.jpg", DecodedImage(s.target))
+    result = runner.invoke(app, ["score", str(pred), str(gt), "--inputs", str(inputs), "--csv", str(tmp_path / "s.csv"), "--json", str(tmp_path / "s.json")])
+    assert result.exit_code == 0, result.output
+    lines = (tmp_path / "s.csv").read_text().splitlines()
+    assert lines[0].startswith("id,score,relative_score") and len(lines) == 5
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert summary["mean_score"] > summary["mean_uncorrected_score"]
+    assert summary["mean_relative_score"] > 50
+
+
+def test_qa_passes_a_clean_submission_and_writes_a_report_with_thumbnails(tmp_path, submission):
+    inputs, pred = submission
+    report = tmp_path / "qa.html"
+    result = runner.invoke(app, ["qa", str(pred), "--inputs", str(inputs), "--no-require-metadata", "--report", str(report), "--json", str(tmp_path / "qa.json")])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "qa.json").read_text())["passed"] is True
+
+    class Images(HTMLParser):
+        srcs: list = []
+
+        def handle_starttag(self, tag, attrs):
+            if tag == "img":
+                self.srcs.append(dict(attrs)["src"])
+
+    parser = Images()
+    parser.srcs = []
+    parser.feed(report.read_text())
+    assert len(parser.srcs) == 8  # before and after for each of the 4 images
+    for src in parser.srcs:
+        data = base64.b64decode(src.split(",", 1)[1])
+        thumb = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        assert thumb is not None and thumb.shape[1] == 360
+
+
+def test_qa_and_strict_package_name_missing_wrong_size_and_corrupt_files(tmp_path, submission):
+    inputs, pred = submission
+    (pred / "img0.jpg").unlink()  # missing
+    img = cv2.imread(str(pred / "img1.jpg"))
+    cv2.imwrite(str(pred / "img1.jpg"), img[:-10])  # wrong size
+    data = (pred / "img2.jpg").read_bytes()
+    (pred / "img2.jpg").write_bytes(data[: len(data) // 3])  # corrupt
+    result = runner.invoke(app, ["qa", str(pred), "--inputs", str(inputs), "--no-require-metadata", "--json", str(tmp_path / "qa.json")])
+    assert result.exit_code == 1
+    out = result.output
+    assert re.search(r"img0\.jpg: missing", out)
+    assert re.search(r"img1\.jpg: size_mismatch", out)
+    assert re.search(r"img2\.jpg: does_not_decode", out)
+    zip_path = tmp_path / "submission.zip"
+    result = runner.invoke(app, ["package", str(pred), "--out", str(zip_path), "--inputs", str(inputs), "--strict"])
+    assert result.exit_code == 1
+    for name in ("img0.jpg", "img1.jpg", "img2.jpg"):
+        assert name in result.output
+    assert "nothing was packaged" in result.output
+    assert not zip_path.exists()
+    assert not list(tmp_path.glob(".submission.zip*"))
+
+
+def test_qa_catches_black_borders_unchanged_images_bad_names_and_extras(tmp_path, submission):
+    inputs, pred = submission
+    img = cv2.imread(str(pred / "img0.jpg"))
+    img[:6] = 0
+    cv2.imwrite(str(pred / "img0.jpg"), img)  # black band
+    (pred / "img1.jpg").write_bytes((inputs / "img1.jpg").read_bytes())  # uncorrected
+    (pred / "img3.jpg").rename(pred / "img3.JPG")  # bad name (and so img3 is missing)
+    (pred / "stray.jpg").write_bytes((inputs / "img2.jpg").read_bytes())  # extra
+    report = json.loads("{}")
+    result = runner.invoke(app, ["qa", str(pred), "--inputs", str(inputs), "--no-require-metadata", "--json", str(tmp_path / "qa.json")])
+    assert result.exit_code == 1
+    report = json.loads((tmp_path / "qa.json").read_text())
+    caught = {(g["name"], f["file"]) for g in report["gates"] for f in g["files"]}
+    assert ("border", "img0.jpg") in caught
+    assert ("not_identical", "img1.jpg") in caught
+    assert ("id_set", "img3.JPG") in caught and ("id_set", "img3.jpg") in caught
+    assert ("id_set", "stray.jpg") in caught
+
+
+def test_strict_qa_requires_run_metadata(tmp_path, submission):
+    inputs, pred = submission
+    result = runner.invoke(app, ["qa", str(pred), "--inputs", str(inputs), "--json", str(tmp_path / "qa.json")])
+    assert result.exit_code == 1
+    assert "metadata_missing" in result.output
+
+
+def test_package_is_byte_identical_flat_stored_and_verified(tmp_path, submission):
+    inputs, pred = submission
+    zips = []
+    for name in ("a.zip", "b.zip"):
+        result = runner.invoke(app, ["package", str(pred), "--out", str(tmp_path / name), "--inputs", str(inputs)])
+        assert result.exit_code == 0, result.output
+        zips.append((tmp_path / name).read_bytes())
+    assert zips[0] == zips[1]
+    with zipfile.ZipFile(tmp_path / "a.zip") as zf:
+        infos = zf.infolist()
+        assert [i.filename for i in infos] == [f"img{i}.jpg" for i in range(4)]
+        assert all(i.compress_type == zipfile.ZIP_STORED and i.date_time == (1980, 1, 1, 0, 0, 0) for i in infos)
+        assert all((i.external_attr >> 16) & 0o777 == 0o644 for i in infos)
+        assert zf.read("img0.jpg") == (pred / "img0.jpg").read_bytes()
+    manifest = json.loads((tmp_path / "a.zip.manifest.json").read_text())
+    assert manifest["entries"] == 4 and manifest["forced"] is False and manifest["qa"]["passed"] is True
+
+
+def test_force_packages_past_failed_qa_and_records_it(tmp_path, submission):
+    inputs, pred = submission
+    (pred / "img0.jpg").unlink()
+    result = runner.invoke(app, ["package", str(pred), "--out", str(tmp_path / "s.zip"), "--inputs", str(inputs), "--force"])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "s.zip.manifest.json").read_text())
+    assert manifest["forced"] is True
+    assert {"gate": "id_set", "file": "img0.jpg", "reason": "missing"} in manifest["qa"]["failures"]
+
+
+def test_entry_names_are_validated():
+    from lens.qa.package import PackageError, validate_entry_name
+
+    for bad in ("../x.jpg", "a/b.jpg", "x.JPG", "x y.jpg", "..jpg"):
+        with pytest.raises(PackageError):
+            validate_entry_name(bad)
+    validate_entry_name("3f2a_g1.jpg")
