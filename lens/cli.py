@@ -416,3 +416,84 @@ def package(
         raise typer.Exit(1)
     console.print(f"{done.entries} entries -> {escape(str(done.zip_path))} (sha256 {done.sha256[:16]}…), manifest {escape(str(done.manifest_path))}"
                   + (" [yellow](forced past failed QA)[/]" if force and not result.passed else ""), soft_wrap=True)
+
+
+# ---------------------------------------------------------------- export side
+
+
+@app.command("export")
+def export_cmd(
+    checkpoint: Path = typer.Option(..., exists=True, dir_okay=False, help="A lens checkpoint (.pt)."),
+    out: Path = typer.Option(..., help="Build folder for the ONNX graphs, engines and manifest.json."),
+    precision: str = typer.Option("fp32", help="fp32, or fp16 (network layers in fp16; grid and GridSample stay fp32)."),
+    min_shape: str = typer.Option("1x3x256x256", help="TensorRT profile minimum, BxCxHxW."),
+    opt_shape: str = typer.Option("4x3x1367x2048", help="TensorRT profile optimum, BxCxHxW."),
+    max_shape: str = typer.Option("8x3x3000x4000", help="TensorRT profile maximum, BxCxHxW."),
+    engine: bool = typer.Option(True, help="Build a TensorRT engine where TensorRT and a GPU exist."),
+    workspace_gib: float = typer.Option(4.0, min=0.1, help="TensorRT builder workspace limit."),
+    version_compatible: bool = typer.Option(False, help="Build a version-compatible engine (runs on later TensorRT)."),
+    hardware_compatible: bool = typer.Option(False, help="Build for every Ampere-or-newer GPU."),
+) -> None:
+    """Export a checkpoint to one ONNX graph (model, grid fusion, safety, fallback and
+    GridSample) plus its CPU lattice variant, check both (onnx.checker, symbolic shapes,
+    ONNX Runtime at two sizes, TensorRT lint), build a TensorRT engine where possible, and
+    write manifest.json."""
+    _require_torch("export")
+    from lens.export.build import ExportCheckFailed, export
+    from lens.export.tensorrt_build import ShapeProfile
+
+    try:
+        profile = ShapeProfile(ShapeProfile.parse(min_shape), ShapeProfile.parse(opt_shape), ShapeProfile.parse(max_shape))
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    if precision not in ("fp32", "fp16"):
+        raise typer.BadParameter("choose fp32 or fp16", param_hint="--precision")
+    with console.status("exporting and checking (a minute or two per graph)..."):
+        try:
+            result = export(checkpoint, out, precision, profile, engine, workspace_gib, version_compatible, hardware_compatible)
+        except ExportCheckFailed as exc:
+            console.print(f"[red]export check failed:[/] {escape(str(exc))}", soft_wrap=True)
+            raise typer.Exit(1)
+    for item in result.manifest["onnx"]:
+        console.print(f"{escape(item['file'])}  sha256 {item['sha256'][:16]}…  (checked: onnx.checker, symbolic B/H/W, onnxruntime at 2 sizes, TensorRT lint)", soft_wrap=True)
+    for item in result.manifest["engines"]:
+        console.print(f"{escape(item['file'])}  TensorRT {item['tensorrt']} on {escape(item['gpu'])}", soft_wrap=True)
+    if result.engine_note:
+        console.print(f"[yellow]{escape(result.engine_note)}[/]", soft_wrap=True)
+    console.print(f"manifest -> {escape(str(out / 'manifest.json'))}", soft_wrap=True)
+
+
+@app.command()
+def parity(
+    build: Path = typer.Option(..., exists=True, file_okay=False, help="A `lens export` build folder."),
+    images: Path = typer.Option(..., exists=True, file_okay=False, help="Folder of images to run through every backend."),
+    backends: str = typer.Option("torch,onnxruntime", help="Comma-separated; the first is the reference (torch, onnxruntime, tensorrt)."),
+    checkpoint: Optional[Path] = typer.Option(None, exists=True, dir_okay=False, help="Checkpoint for the torch backend (default: the manifest's)."),
+    json_out: Path = typer.Option(Path("parity.json"), "--json", help="Where to write the report."),
+) -> None:
+    """Compare parameters, grids (pixels), output images and chosen modes across backends;
+    exit code 1 when any tolerance fails or a requested backend is unavailable."""
+    from rich.table import Table
+
+    from lens.export.parity import run_parity
+    from lens.runtime.io import list_images
+
+    names = [b.strip() for b in backends.split(",") if b.strip()]
+    with _progress() as progress:
+        task = progress.add_task("parity", total=len(list_images(images)), rate="")
+        try:
+            report = run_parity(build, images, names, checkpoint, on_image=lambda: progress.advance(task))
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from None
+    table = Table(title=f"parity vs {report['reference']} ({report['precision']})")
+    for col in ("backend", "image", "size", "params rel", "grid px", "max levels", ">1 level", "modes", "result"):
+        table.add_column(col)
+    for r in report["rows"]:
+        table.add_row(r["backend"], escape(r["image"]), r["size"], f"{r['params_rel']:.2e}", f"{r['grid_px']:.2e}", str(r["image_max_levels"]),
+                      f"{r['image_share_over_1']:.4%}", "same" if r["modes_equal"] else "DIFFER", "[green]ok[/]" if not r["failures"] else "[red]" + escape("; ".join(r["failures"])) + "[/]")
+    console.print(table)
+    for b, why in report["unavailable"].items():
+        console.print(f"[red]{escape(b)} unavailable:[/] {escape(why)}", soft_wrap=True)
+    _write_json(json_out, report)
+    if not report["passed"]:
+        raise typer.Exit(1)

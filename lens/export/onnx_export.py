@@ -20,11 +20,15 @@ def export_onnx(
     output_names: Sequence[str],
     dynamic_axes: dict[str, dict[int, str]],
     opset: int = OPSET,
+    optimize: bool = False,
 ) -> Path:
     """Export ``module`` with torch's dynamo exporter to ``path``.
 
     ``dynamic_axes`` maps an input name to ``{axis: symbol}``; equal symbols share one dynamic
-    dimension (e.g. ``"B"`` on every input). The file is written atomically."""
+    dimension (e.g. ``"B"`` on every input). The file is written atomically.
+
+    ``optimize`` runs onnxscript's graph optimiser; off by default because ONNX Runtime and
+    TensorRT optimise the graph on load anyway and the pass doubles the export time."""
     path = Path(path)
     dims: dict[str, torch.export.Dim] = {}
     dynamic_shapes = {}
@@ -46,11 +50,39 @@ def export_onnx(
             dynamic_shapes=dynamic_shapes,
             opset_version=opset,
             dynamo=True,
+            optimize=optimize,
             verbose=False,
         )
     program.save(str(tmp))
+    _castlike_to_cast(tmp)
     tmp.replace(path)
     return path
+
+
+def _castlike_to_cast(path: Path) -> None:
+    """Rewrite ``CastLike(x, like)`` as ``Cast(x, to=type(like))``: the exporter emits CastLike
+    when its optimiser is off, and TensorRT's parser imports plain Cast everywhere."""
+    import onnx
+
+    model = onnx.load(str(path))
+    if not any(n.op_type == "CastLike" for n in model.graph.node):
+        return
+    inferred = onnx.shape_inference.infer_shapes(model)
+    types = {vi.name: vi.type.tensor_type.elem_type for vi in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)}
+    types.update({t.name: t.data_type for t in model.graph.initializer})
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            for a in node.attribute:
+                if a.name == "value":
+                    types[node.output[0]] = a.t.data_type
+    for node in model.graph.node:
+        if node.op_type == "CastLike" and types.get(node.input[1]):
+            to = types[node.input[1]]
+            del node.input[1]
+            node.op_type = "Cast"
+            del node.attribute[:]
+            node.attribute.append(onnx.helper.make_attribute("to", to))
+    onnx.save(model, str(path))
 
 
 def symbolic_shapes(path: str | Path) -> dict[str, list[str | int]]:

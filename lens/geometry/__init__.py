@@ -17,12 +17,14 @@ from lens.geometry.grid import (
     distortion_points,
     fuse_residual,
     identity_grid,
+    lattice_points,
     normalized_to_pixel,
     parametric_grid,
     parametric_points,
     pixel_to_normalized,
     residual_to_normalized,
     sample,
+    upsample_lattice,
 )
 from lens.geometry.params import (
     IDENTITY,
@@ -52,6 +54,7 @@ __all__ = [
     "identity_grid",
     "intrinsics_px",
     "jacobian_determinant",
+    "lattice_points",
     "monotonic_radius",
     "normalized_to_pixel",
     "optimal_new_camera",
@@ -62,5 +65,6 @@ __all__ = [
     "sample",
     "stack_stats",
     "undistort_points",
+    "upsample_lattice",
     "zoom_camera",
 ]

@@ -25,22 +25,28 @@ SAFETY_STATS: tuple[str, ...] = (
 OOB_TOLERANCE_PX = 0.01
 
 
-def jacobian_determinant(grid: torch.Tensor, stride: int = 1) -> torch.Tensor:
+def jacobian_determinant(grid: torch.Tensor, stride: int = 1, image_size=None) -> torch.Tensor:
     """``(B, H', W')`` determinant of d(input px)/d(output px) by forward differences over
-    every ``stride``-th pixel; 1 for the identity, <= 0 where the warp folds over."""
-    height, width = grid.shape[1], grid.shape[2]
+    every ``stride``-th point; 1 for the identity, <= 0 where the warp folds over.
+
+    ``image_size=(H, W)``: ``grid`` is a lattice spanning an ``H x W`` image evenly (first
+    and last points on the border pixels), as `lattice_points` makes; else it is the full grid.
+    """
+    rows, cols = grid.shape[1], grid.shape[2]
+    height, width = image_size if image_size is not None else (rows, cols)
     g = grid[:, ::stride, ::stride]
     px = normalized_to_pixel(g[..., 0], width)
     py = normalized_to_pixel(g[..., 1], height)
-    dxu = (px[:, :-1, 1:] - px[:, :-1, :-1]) / stride
-    dyu = (py[:, :-1, 1:] - py[:, :-1, :-1]) / stride
-    dxv = (px[:, 1:, :-1] - px[:, :-1, :-1]) / stride
-    dyv = (py[:, 1:, :-1] - py[:, :-1, :-1]) / stride
+    du = stride * (width - 1) / (cols - 1)  # output pixels between neighbouring points
+    dv = stride * (height - 1) / (rows - 1)
+    dxu = (px[:, :-1, 1:] - px[:, :-1, :-1]) / du
+    dyu = (py[:, :-1, 1:] - py[:, :-1, :-1]) / du
+    dxv = (px[:, 1:, :-1] - px[:, :-1, :-1]) / dv
+    dyv = (py[:, 1:, :-1] - py[:, :-1, :-1]) / dv
     return dxu * dyv - dxv * dyu
 
 
-def _out_of_bounds(grid: torch.Tensor) -> torch.Tensor:
-    height, width = grid.shape[1], grid.shape[2]
+def _out_of_bounds(grid: torch.Tensor, height, width) -> torch.Tensor:
     px = normalized_to_pixel(grid[..., 0], width)
     py = normalized_to_pixel(grid[..., 1], height)
     tol = OOB_TOLERANCE_PX
@@ -48,27 +54,29 @@ def _out_of_bounds(grid: torch.Tensor) -> torch.Tensor:
 
 
 def grid_safety_stats(
-    grid: torch.Tensor, flow: torch.Tensor | None = None, jacobian_stride: int = 1
+    grid: torch.Tensor, flow: torch.Tensor | None = None, jacobian_stride: int = 1, image_size=None
 ) -> dict[str, torch.Tensor]:
     """Safety statistics (`SAFETY_STATS`) of a ``(B, H, W, 2)`` grid.
 
     Args:
-        grid: fused normalised backward grid.
+        grid: fused normalised backward grid, or a lattice of it (see ``image_size``).
         flow: the ``(B, 2, h, w)`` residual flow in its own pixels, if any, for the residual
             magnitudes (reported in full-resolution pixels); zeros without one.
-        jacobian_stride: evaluate the Jacobian on every n-th pixel. A residual predicted at
+        jacobian_stride: evaluate the Jacobian on every n-th point. A residual predicted at
             1/8 resolution cannot fold at a finer scale than its own spacing, so a stride up to
             that spacing sees every fold-over at a fraction of the cost.
+        image_size: ``(H, W)`` when ``grid`` is an evenly spaced lattice over an image of that
+            size (fractions are then estimated on the lattice points).
     """
-    oob = _out_of_bounds(grid).to(grid.dtype)
+    height, width = image_size if image_size is not None else (grid.shape[1], grid.shape[2])
+    oob = _out_of_bounds(grid, height, width).to(grid.dtype)
     border = torch.cat([oob[:, 0, :], oob[:, -1, :], oob[:, 1:-1, 0], oob[:, 1:-1, -1]], dim=1)
-    det = jacobian_determinant(grid, jacobian_stride).flatten(1)
+    det = jacobian_determinant(grid, jacobian_stride, image_size).flatten(1)
     k = det.shape[1] // 100 + 1
     lowest = torch.topk(det, k, dim=1, largest=False).values
     if flow is None:
         residual = torch.zeros_like(det[:, :1])
     else:
-        height, width = grid.shape[1], grid.shape[2]
         h, w = flow.shape[-2], flow.shape[-1]
         rx = flow[:, 0] * ((width - 1) / (w - 1))
         ry = flow[:, 1] * ((height - 1) / (h - 1))

@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 MODES = ("hybrid", "param_only", "param_only_conservative")
+#: Reason codes, and their bit in the violation masks an exported graph returns.
+VIOLATIONS = ("out_of_bounds", "black_border", "foldover", "extreme_stretch", "residual_too_large")
 
 
 @dataclass(frozen=True)
@@ -57,3 +59,18 @@ def choose_mode(hybrid: dict[str, float] | None, param_only: dict[str, float], t
         return "param_only", reasons
     reasons += [f"param_only:{b}" for b in bad]
     return "param_only_conservative", reasons
+
+
+def decode_violations(mask: int) -> list[str]:
+    """Reason codes of a graph's violation bitmask (bit i = `VIOLATIONS`[i])."""
+    return [name for i, name in enumerate(VIOLATIONS) if int(mask) >> i & 1]
+
+
+def reasons_from_masks(mode: int, hybrid_mask: int, param_mask: int, has_residual: bool) -> list[str]:
+    """The reason list `choose_mode` would give, from an exported graph's outputs."""
+    reasons = []
+    if mode >= 1 and has_residual:
+        reasons += [f"hybrid:{r}" for r in decode_violations(hybrid_mask)]
+    if mode >= 2:
+        reasons += [f"param_only:{r}" for r in decode_violations(param_mask)]
+    return reasons

@@ -1,6 +1,6 @@
 """LensNet: lens parameters plus a bounded low-resolution residual flow from one photo.
 
-The network sees the image resized (with antialiasing) to a fixed ``input_size`` plus three
+The network sees the image resized (antialiased, `to_model_input`) to a fixed size plus three
 coordinate channels: x and y of each pixel in units of the image width from the centre, and
 r^2. They carry the true aspect ratio, which the fixed-size resize hides, and the position of
 each feature relative to the optical centre, where distortion grows with r.
@@ -75,9 +75,18 @@ def coordinate_channels(batch: int, in_h: int, in_w: int, aspect: torch.Tensor) 
     return torch.stack([x, y, x * x + y * y], dim=1).expand(batch, -1, -1, -1)
 
 
+#: Preprocessing resizes bilinearly to this multiple of the model size, then averages
+#: PREPROCESS_POOL x PREPROCESS_POOL blocks: an antialiased downscale built from operators
+#: TensorRT supports (its Resize has no antialias mode). Training and every exported graph
+#: use this one function.
+PREPROCESS_POOL = 4
+
+
 def to_model_input(image: torch.Tensor, in_h: int, in_w: int) -> torch.Tensor:
-    """Float ``(B, 3, H, W)`` in [0, 255] -> normalised ``(B, 3, h, w)``, antialiased resize."""
-    small = F.interpolate(image, size=(in_h, in_w), mode="bilinear", align_corners=False, antialias=True)
+    """Float ``(B, 3, H, W)`` in [0, 255] -> normalised ``(B, 3, h, w)``, antialiased."""
+    k = PREPROCESS_POOL
+    big = F.interpolate(image, size=(in_h * k, in_w * k), mode="bilinear", align_corners=False)
+    small = F.avg_pool2d(big, kernel_size=k, stride=k)
     return small * (1.0 / 127.5) - 1.0
 
 

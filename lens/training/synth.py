@@ -29,6 +29,8 @@ from lens.geometry import (
     LensParams,
     distortion_points,
     intrinsics_px,
+    lattice_points,
+    upsample_lattice,
     optimal_new_camera,
     pixel_to_normalized,
     undistort_points,
@@ -80,25 +82,13 @@ class PairGrids:
 LATTICE_STEP = 8
 
 
-def _lattice(height: int, width: int, dtype) -> tuple[torch.Tensor, torch.Tensor, int, int]:
-    rows, cols = -(-(height - 1) // LATTICE_STEP) + 1, -(-(width - 1) // LATTICE_STEP) + 1
-    u = torch.linspace(0, width - 1, cols, dtype=dtype).reshape(1, 1, -1)
-    v = torch.linspace(0, height - 1, rows, dtype=dtype).reshape(1, -1, 1)
-    return u, v, rows, cols
-
-
-def _upsample(points: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    return F.interpolate(points.permute(0, 3, 1, 2), size=(height, width), mode="bilinear", align_corners=True).permute(0, 2, 3, 1)
-
-
 def pair_grids(params: torch.Tensor, height: int, width: int, with_target: bool = True) -> PairGrids:
     """Grids that render the distorted input and its corrected target from ideal sources of
     size ``height x width`` (both images have that size too). Runs on ``params``' device."""
     p = params.float()
     source_cam = optimal_new_camera(p, height, width, alpha=1.0)  # source spans every input ray
-    u, v, _, _ = _lattice(height, width, p.dtype)
-    u, v = u.to(p.device), v.to(p.device)
-    distorted = _upsample(distortion_points(p, source_cam, u, v, height, width)[0], height, width)
+    u, v = lattice_points(height, width, LATTICE_STEP, p.dtype, p.device)
+    distorted = upsample_lattice(distortion_points(p, source_cam, u, v, height, width)[0], height, width)
     target = None
     if with_target:
         # The target's ideal rays, looked up in the source: a pure scale and shift.

@@ -1,0 +1,132 @@
+"""`lens export`: checkpoint -> ONNX graphs (+ TensorRT engines where possible) + manifest.
+
+Artefacts in the output folder:
+
+- ``lens.onnx``: `LensGraph` with the full-resolution GridSample (GPU backends, TensorRT);
+- ``lens_lattice.onnx``: the same graph ending in the lattice grid (the CPU backend samples it
+  with OpenCV);
+- ``lens.engine`` where TensorRT and a GPU exist;
+- ``manifest.json``: hashes, opset, precision, shape profile, versions, GPU.
+
+Every ONNX file passes, before the export reports success: ``onnx.checker`` (full check),
+shape inference with B, H and W still symbolic, an ONNX Runtime session at two image sizes,
+and the TensorRT lint (`lens.export.lint`).
+"""
+from __future__ import annotations
+
+import json
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+from lens.export.graph import LATTICE_OUTPUTS, SAMPLED_OUTPUTS, LensGraph
+from lens.export.lint import lint
+from lens.export.onnx_export import OPSET, export_onnx, symbolic_shapes
+from lens.export.tensorrt_build import ShapeProfile, TensorRTUnavailable, build_engine
+from lens.runtime.io import write_atomic
+from lens.training.checkpoint import load_checkpoint, model_from_checkpoint, sha256_file
+
+ONNX_FULL = "lens.onnx"
+ONNX_LATTICE = "lens_lattice.onnx"
+ENGINE = "lens.engine"
+MANIFEST = "manifest.json"
+CHECK_SIZES = ((96, 144), (131, 197))  # two sizes, odd on purpose
+
+
+class ExportCheckFailed(RuntimeError):
+    pass
+
+
+@dataclass
+class ExportResult:
+    out_dir: Path
+    manifest: dict
+    engine_note: str = ""
+    problems: list[str] = field(default_factory=list)
+
+
+def check_onnx(path: Path, sampled: bool) -> None:
+    """Full checker, symbolic shapes, two-size ONNX Runtime run, TensorRT lint; raises on failure."""
+    import onnxruntime as ort
+
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model, full_check=True)
+    shapes = symbolic_shapes(path)
+    if shapes["image"] != ["B", 3, "H", "W"] or shapes["mode_override"] != ["B"]:
+        raise ExportCheckFailed(f"{path.name}: inputs lost their dynamic dimensions: {shapes}")
+    out_name = "corrected" if sampled else "grid_lattice"
+    if shapes[out_name][0] != "B" or (sampled and shapes[out_name] != ["B", 3, "H", "W"]):
+        raise ExportCheckFailed(f"{path.name}: output {out_name} has shape {shapes[out_name]}")
+    problems = lint(model)
+    if problems:
+        raise ExportCheckFailed(f"{path.name}: TensorRT lint failed:\n  " + "\n  ".join(problems))
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    for h, w in CHECK_SIZES:
+        image = rng.integers(0, 256, (2, 3, h, w), dtype=np.uint8)
+        outs = dict(zip([o.name for o in session.get_outputs()], session.run(None, {"image": image, "mode_override": np.array([-1, 1], dtype=np.int64)})))
+        if sampled and outs["corrected"].shape != image.shape:
+            raise ExportCheckFailed(f"{path.name}: at {h}x{w} the output has shape {outs['corrected'].shape}")
+        if not np.isfinite(outs["params"]).all():
+            raise ExportCheckFailed(f"{path.name}: non-finite parameters at {h}x{w}")
+
+
+def _versions() -> dict:
+    import onnxruntime
+
+    out = {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__, "python": platform.python_version()}
+    try:
+        import tensorrt
+
+        out["tensorrt"] = tensorrt.__version__
+    except Exception:
+        out["tensorrt"] = None
+    return out
+
+
+def export(checkpoint: Path, out_dir: Path, precision: str = "fp32", profile: ShapeProfile = ShapeProfile(),
+           engine: bool = True, workspace_gib: float = 4.0, version_compatible: bool = False, hardware_compatible: bool = False) -> ExportResult:
+    if precision not in ("fp32", "fp16"):
+        raise ValueError(f"precision must be fp32 or fp16, not {precision!r}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt = load_checkpoint(checkpoint)
+    model = model_from_checkpoint(ckpt)
+    use_residual = ckpt["stage"] != "param"
+    example = (torch.randint(0, 256, (2, 3, 96, 144), dtype=torch.uint8), torch.tensor([-1, -1], dtype=torch.int64))
+    axes = {"image": {0: "B", 2: "H", 3: "W"}, "mode_override": {0: "B"}}
+    files = {}
+    for name, sampled, outputs in ((ONNX_FULL, True, SAMPLED_OUTPUTS), (ONNX_LATTICE, False, LATTICE_OUTPUTS)):
+        graph = LensGraph(model_from_checkpoint(ckpt), sample_image=sampled, use_residual=use_residual, half=precision == "fp16").eval()
+        path = export_onnx(graph, example, out_dir / name, ["image", "mode_override"], list(outputs), axes)
+        check_onnx(path, sampled)
+        files[name] = sha256_file(path)
+
+    engines, note = [], ""
+    if engine:
+        try:
+            info = build_engine(out_dir / ONNX_FULL, out_dir / ENGINE, profile, workspace_gib, out_dir / "timing.cache", version_compatible, hardware_compatible)
+            engines.append({"file": ENGINE, "sha256": sha256_file(out_dir / ENGINE), "onnx": ONNX_FULL, "profile": profile.to_dict(), **info})
+        except TensorRTUnavailable as exc:
+            note = f"no TensorRT engine built: {exc}"
+    else:
+        note = "no TensorRT engine built: --no-engine"
+    manifest = {
+        "format": "lens-build/1",
+        "checkpoint": {"file": str(checkpoint), "sha256": sha256_file(checkpoint), "stage": ckpt["stage"], "git_commit": ckpt.get("git_commit"),
+                       "val_metrics": ckpt.get("val_metrics", {})},
+        "onnx": [{"file": n, "sha256": h, "variant": "sampled" if n == ONNX_FULL else "lattice"} for n, h in files.items()],
+        "opset": OPSET,
+        "precision": precision,
+        "uses_residual": use_residual,
+        "profile": profile.to_dict(),
+        "engines": engines,
+        "engine_note": note or None,
+        "model_config": ckpt["model_config"],
+        "versions": _versions(),
+    }
+    write_atomic(out_dir / MANIFEST, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
+    return ExportResult(out_dir, manifest, note)
