@@ -3,9 +3,10 @@
 Artefacts in the output folder:
 
 - ``lens.onnx``: `LensGraph` with the full-resolution GridSample (GPU backends, TensorRT);
-- ``lens_lattice.onnx``: the same graph ending in the lattice grid (the CPU backend samples it
-  with OpenCV);
+- ``lens_cpu.onnx``: the same graph ending in pixel maps (the CPU backend samples them with
+  OpenCV);
 - ``lens.engine`` where TensorRT and a GPU exist;
+- ``checkpoint.pt``: the checkpoint exported (for parity and the torch backend);
 - ``manifest.json``: hashes, opset, precision, shape profile, versions, GPU.
 
 Every ONNX file passes, before the export reports success: ``onnx.checker`` (full check),
@@ -23,7 +24,7 @@ import numpy as np
 import onnx
 import torch
 
-from lens.export.graph import LATTICE_OUTPUTS, SAMPLED_OUTPUTS, LensGraph
+from lens.export.graph import MAPS_OUTPUTS, SAMPLED_OUTPUTS, LensGraph
 from lens.export.lint import lint
 from lens.export.onnx_export import OPSET, export_onnx, symbolic_shapes
 from lens.export.tensorrt_build import ShapeProfile, TensorRTUnavailable, build_engine
@@ -31,9 +32,10 @@ from lens.runtime.io import write_atomic
 from lens.training.checkpoint import load_checkpoint, model_from_checkpoint, sha256_file
 
 ONNX_FULL = "lens.onnx"
-ONNX_LATTICE = "lens_lattice.onnx"
+ONNX_CPU = "lens_cpu.onnx"
 ENGINE = "lens.engine"
 MANIFEST = "manifest.json"
+CHECKPOINT_COPY = "checkpoint.pt"  # the build carries its checkpoint: parity and the torch backend need it
 CHECK_SIZES = ((96, 144), (131, 197))  # two sizes, odd on purpose
 
 
@@ -58,8 +60,8 @@ def check_onnx(path: Path, sampled: bool) -> None:
     shapes = symbolic_shapes(path)
     if shapes["image"] != ["B", 3, "H", "W"] or shapes["mode_override"] != ["B"]:
         raise ExportCheckFailed(f"{path.name}: inputs lost their dynamic dimensions: {shapes}")
-    out_name = "corrected" if sampled else "grid_lattice"
-    if shapes[out_name][0] != "B" or (sampled and shapes[out_name] != ["B", 3, "H", "W"]):
+    out_name, want = ("corrected", ["B", 3, "H", "W"]) if sampled else ("maps", ["B", 2, "H", "W"])
+    if shapes[out_name] != want:
         raise ExportCheckFailed(f"{path.name}: output {out_name} has shape {shapes[out_name]}")
     problems = lint(model)
     if problems:
@@ -99,7 +101,7 @@ def export(checkpoint: Path, out_dir: Path, precision: str = "fp32", profile: Sh
     example = (torch.randint(0, 256, (2, 3, 96, 144), dtype=torch.uint8), torch.tensor([-1, -1], dtype=torch.int64))
     axes = {"image": {0: "B", 2: "H", 3: "W"}, "mode_override": {0: "B"}}
     files = {}
-    for name, sampled, outputs in ((ONNX_FULL, True, SAMPLED_OUTPUTS), (ONNX_LATTICE, False, LATTICE_OUTPUTS)):
+    for name, sampled, outputs in ((ONNX_FULL, True, SAMPLED_OUTPUTS), (ONNX_CPU, False, MAPS_OUTPUTS)):
         graph = LensGraph(model_from_checkpoint(ckpt), sample_image=sampled, use_residual=use_residual, half=precision == "fp16").eval()
         path = export_onnx(graph, example, out_dir / name, ["image", "mode_override"], list(outputs), axes)
         check_onnx(path, sampled)
@@ -114,11 +116,15 @@ def export(checkpoint: Path, out_dir: Path, precision: str = "fp32", profile: Sh
             note = f"no TensorRT engine built: {exc}"
     else:
         note = "no TensorRT engine built: --no-engine"
+    import shutil
+
+    if checkpoint.resolve() != (out_dir / CHECKPOINT_COPY).resolve():
+        shutil.copyfile(checkpoint, out_dir / CHECKPOINT_COPY)
     manifest = {
         "format": "lens-build/1",
-        "checkpoint": {"file": str(checkpoint), "sha256": sha256_file(checkpoint), "stage": ckpt["stage"], "git_commit": ckpt.get("git_commit"),
+        "checkpoint": {"file": CHECKPOINT_COPY, "source": str(checkpoint), "sha256": sha256_file(checkpoint), "stage": ckpt["stage"], "git_commit": ckpt.get("git_commit"),
                        "val_metrics": ckpt.get("val_metrics", {})},
-        "onnx": [{"file": n, "sha256": h, "variant": "sampled" if n == ONNX_FULL else "lattice"} for n, h in files.items()],
+        "onnx": [{"file": n, "sha256": h, "variant": "sampled" if n == ONNX_FULL else "maps"} for n, h in files.items()],
         "opset": OPSET,
         "precision": precision,
         "uses_residual": use_residual,

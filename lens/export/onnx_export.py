@@ -41,7 +41,13 @@ def export_onnx(
     # The exporter logs every step at INFO/WARNING; keep the CLI's output readable.
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     tmp = path.with_name(f".{path.name}.part")
-    with torch.no_grad():
+    import contextlib
+    import io
+    import warnings
+
+    # The exporter prints its progress and warns about internals; a CLI shows its own status.
+    with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         program = torch.onnx.export(
             module,
             example_inputs,

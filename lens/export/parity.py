@@ -3,7 +3,7 @@
 Each backend is a runner with one method, ``run(image, mode_override) -> dict`` of the graph's
 outputs (polygraphy's runner idea, so comparing backends is one loop). The reference is the
 first backend (torch). Both exported graphs are compared: the sampled one (corrected image)
-and the lattice one (grid, in pixels).
+and the CPU one (sampling maps, in pixels).
 
 Tolerances (`TOLERANCES`) per precision, measured on the default model on a 2-core CPU
 (README "Parity"): fp32 torch vs ONNX Runtime differ by ~1e-6 in parameters, ~1e-4 px in
@@ -40,7 +40,7 @@ class TorchRunner(Runner):
     def __init__(self, checkpoint: Path, precision: str):
         import torch
 
-        from lens.export.graph import LATTICE_OUTPUTS, SAMPLED_OUTPUTS, LensGraph
+        from lens.export.graph import MAPS_OUTPUTS, SAMPLED_OUTPUTS, LensGraph
         from lens.training.checkpoint import load_checkpoint, model_from_checkpoint
 
         ckpt = load_checkpoint(checkpoint)
@@ -48,7 +48,7 @@ class TorchRunner(Runner):
         self.torch = torch
         self.graphs = {
             True: (LensGraph(model_from_checkpoint(ckpt), True, residual, half=precision == "fp16").eval(), SAMPLED_OUTPUTS),
-            False: (LensGraph(model_from_checkpoint(ckpt), False, residual, half=precision == "fp16").eval(), LATTICE_OUTPUTS),
+            False: (LensGraph(model_from_checkpoint(ckpt), False, residual, half=precision == "fp16").eval(), MAPS_OUTPUTS),
         }
 
     def run(self, image, sampled):
@@ -64,11 +64,11 @@ class OnnxRuntimeRunner(Runner):
     def __init__(self, build: Path, providers: list[str] | None = None):
         import onnxruntime as ort
 
-        from lens.export.build import ONNX_FULL, ONNX_LATTICE
+        from lens.export.build import ONNX_CPU, ONNX_FULL
 
         providers = providers or ["CPUExecutionProvider"]
         self.sessions = {True: ort.InferenceSession(str(build / ONNX_FULL), providers=providers),
-                         False: ort.InferenceSession(str(build / ONNX_LATTICE), providers=providers)}
+                         False: ort.InferenceSession(str(build / ONNX_CPU), providers=providers)}
 
     def run(self, image, sampled):
         s = self.sessions[sampled]
@@ -77,8 +77,8 @@ class OnnxRuntimeRunner(Runner):
 
 
 class TensorRTRunner(Runner):
-    """The engine (sampled graph) through polygraphy's TrtRunner; the lattice graph is not
-    built as an engine, so only the sampled outputs are compared."""
+    """The engine (sampled graph) through polygraphy's TrtRunner; the CPU graph is not built
+    as an engine, so only the sampled outputs are compared."""
 
     name = "tensorrt"
 
@@ -120,9 +120,8 @@ def compare(ref: dict, other: dict, name: str, size: tuple[int, int], tol: dict,
         c.params_rel = float(np.max(np.abs(other["params"] - ref["params"]) / np.maximum(np.abs(ref["params"]), 1.0)))
     if "mode" in other:
         c.modes_equal = bool(np.array_equal(other["mode"], ref["mode"]))
-    if "grid_lattice" in other:
-        d = np.abs(other["grid_lattice"] - ref["grid_lattice"])
-        c.grid_px = float(max(d[..., 0].max() * (w - 1) / 2, d[..., 1].max() * (h - 1) / 2))
+    if "maps" in other:
+        c.grid_px = float(np.abs(other["maps"] - ref["maps"]).max())
     if "corrected" in other:
         diff = np.abs(other["corrected"].astype(np.int16) - ref["corrected"].astype(np.int16))
         c.image_max_levels = int(diff.max())
@@ -148,7 +147,7 @@ def run_parity(build: Path, images_dir: Path, backends: list[str], checkpoint: P
     for b in backends:
         try:
             if b == "torch":
-                runners.append(TorchRunner(checkpoint or Path(manifest["checkpoint"]["file"]), precision))
+                runners.append(TorchRunner(checkpoint or build / manifest["checkpoint"]["file"], precision))
             elif b == "onnxruntime":
                 runners.append(OnnxRuntimeRunner(build))
             elif b == "tensorrt":

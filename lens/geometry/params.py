@@ -30,7 +30,8 @@ from typing import Sequence
 
 import torch
 
-PARAM_NAMES: tuple[str, ...] = ("k1", "k2", "k3", "p1", "p2", "focal", "cx", "cy")
+from lens.conventions import PARAM_NAMES  # noqa: E402  (torch-free, shared with the runtime)
+
 NUM_PARAMS = len(PARAM_NAMES)
 
 #: Bounds a predicting model is held to (see the table above); `LensParams.validate`

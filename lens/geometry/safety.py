@@ -10,8 +10,7 @@ import torch
 
 from lens.geometry.grid import normalized_to_pixel
 
-SAFETY_STATS: tuple[str, ...] = (
-    "oob_fraction",  # share of output pixels sampling outside the input (would show padding)
+from lens.conventions import SAFETY_STATS  # noqa: E402  (torch-free, shared with the runtime)
     "border_invalid_fraction",  # share of the output's outermost ring of pixels doing so
     "jacobian_min",  # smallest local area ratio d(input)/d(output); 1 = identity
     "jacobian_p01",  # its 1st percentile

@@ -35,3 +35,8 @@ def warp_with_grid(pixels: np.ndarray, grid: np.ndarray) -> np.ndarray:
     if grid.shape[:2] != pixels.shape[:2]:
         raise ValueError(f"grid {grid.shape[:2]} and image {pixels.shape[:2]} sizes differ")
     return remap(pixels, grid_to_maps(grid))
+
+
+def warp_with_maps(pixels: np.ndarray, map_x: np.ndarray, map_y: np.ndarray) -> np.ndarray:
+    """`remap` with float pixel maps ``(H, W)`` (as the CPU graph returns them)."""
+    return remap(pixels, cv2.convertMaps(map_x, map_y, cv2.CV_16SC2))

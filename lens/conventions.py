@@ -1,0 +1,16 @@
+"""Names shared by the training stack and the torch-free runtime (no imports: the runtime reads
+these without pulling in torch). `lens.geometry.params` and `lens.geometry.safety` document them."""
+
+#: Order of the lens parameter vector (units and bounds: `lens.geometry.params`).
+PARAM_NAMES: tuple[str, ...] = ("k1", "k2", "k3", "p1", "p2", "focal", "cx", "cy")
+
+#: Order of the safety statistics of a grid (definitions: `lens.geometry.safety`).
+SAFETY_STATS: tuple[str, ...] = (
+    "oob_fraction",  # share of output pixels sampling outside the input (would show padding)
+    "border_invalid_fraction",  # share of the output's outermost ring of pixels doing so
+    "jacobian_min",  # smallest local area ratio d(input)/d(output); 1 = identity
+    "jacobian_p01",  # its 1st percentile
+    "foldover_fraction",  # share of pixels whose Jacobian determinant is <= 0 (fold-over)
+    "residual_mean_px",  # mean residual-flow magnitude, in full-resolution pixels
+    "residual_max_px",  # its maximum
+)

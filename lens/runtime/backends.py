@@ -1,0 +1,215 @@
+"""Inference backends behind one interface, and the choice between them.
+
+Every backend runs an exported `LensGraph` (`lens.export.graph`) on a uint8 batch
+``(B, 3, H, W)`` and returns its outputs by name: ``params``, ``flow``, ``safety``, ``mode``,
+``violations`` and either ``corrected`` (GPU backends: the graph samples) or ``maps`` (CPU: the
+runtime samples with OpenCV).
+
+Choice with ``--backend auto``: TensorRT when the build has an engine whose manifest matches
+this GPU and TensorRT version; else ONNX Runtime's CUDA provider; else ONNX Runtime on the CPU.
+The torch backend (the reference) is used only when asked for. Nothing here imports torch
+unless the torch backend is asked for.
+"""
+from __future__ import annotations
+
+import json
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_BUILD = Path(__file__).resolve().parents[1] / "assets" / "models" / "default"
+ONNX_FULL, ONNX_CPU, ENGINE, MANIFEST = "lens.onnx", "lens_cpu.onnx", "lens.engine", "manifest.json"
+
+
+class BackendUnavailable(RuntimeError):
+    pass
+
+
+def read_manifest(build: Path) -> dict:
+    path = build / MANIFEST
+    if not path.is_file():
+        raise BackendUnavailable(f"{build}: no {MANIFEST} (not a `lens export` build folder)")
+    return json.loads(path.read_text())
+
+
+@dataclass
+class Choice:
+    backend: "Backend"
+    reason: str
+
+
+class Backend:
+    name = "backend"
+    device = "cpu"
+    samples_on_device = False  # True: outputs "corrected"; False: outputs "maps"
+    batch_invariant = True  # results for an image do not depend on what else is in its batch
+
+    def infer(self, images: np.ndarray, mode_override: int = -1) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        return {"backend": self.name, "device": self.device}
+
+
+class OnnxRuntimeBackend(Backend):
+    name = "onnxruntime"
+
+    def __init__(self, build: Path, device: str):
+        from lens.runtime.onnxruntime_install import conflict_message
+
+        problem = conflict_message()
+        if problem:
+            raise BackendUnavailable(problem)
+        import onnxruntime as ort
+
+        self.build = build
+        self.device = device
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        if device == "cuda":
+            if hasattr(ort, "preload_dlls"):
+                try:
+                    ort.preload_dlls()  # finds CUDA/cuDNN libraries installed by pip (torch's, nvidia-*)
+                except Exception:
+                    pass
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise BackendUnavailable("ONNX Runtime has no CUDA provider (install onnxruntime-gpu, see README)")
+            self.samples_on_device = True
+            self.batch_invariant = False
+            self.session = ort.InferenceSession(str(build / ONNX_FULL), options, providers=["CUDAExecutionProvider"])
+            if "CUDAExecutionProvider" not in self.session.get_providers():
+                raise BackendUnavailable("ONNX Runtime's CUDA provider failed to initialise (driver or CUDA libraries)")
+        else:
+            # One thread per inference: the pipeline runs one image per worker thread, which
+            # keeps results independent of --batch and --workers (byte-identical outputs).
+            options.intra_op_num_threads = 1
+            options.inter_op_num_threads = 1
+            self.session = ort.InferenceSession(str(build / ONNX_CPU), options, providers=["CPUExecutionProvider"])
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def infer(self, images, mode_override=-1):
+        modes = np.full((images.shape[0],), mode_override, dtype=np.int64)
+        return dict(zip(self.output_names, self.session.run(None, {"image": images, "mode_override": modes})))
+
+
+class TensorRTBackend(Backend):
+    name = "tensorrt"
+    device = "cuda"
+    samples_on_device = True
+    batch_invariant = False
+
+    def __init__(self, build: Path, manifest: dict):
+        from lens.export.tensorrt_build import TensorRTUnavailable, tensorrt_status
+
+        engines = manifest.get("engines") or []
+        if not engines:
+            raise BackendUnavailable(manifest.get("engine_note") or "the build has no TensorRT engine")
+        try:
+            trt, gpu = tensorrt_status()
+        except TensorRTUnavailable as exc:
+            raise BackendUnavailable(str(exc)) from None
+        engine = engines[0]
+        if engine["tensorrt"] != trt.__version__ and not engine.get("version_compatible"):
+            raise BackendUnavailable(f"engine built with TensorRT {engine['tensorrt']}, this is {trt.__version__}")
+        if engine["gpu"] != gpu and not engine.get("hardware_compatible"):
+            raise BackendUnavailable(f"engine built for {engine['gpu']}, this GPU is {gpu}")
+        from polygraphy.backend.common import BytesFromPath
+        from polygraphy.backend.trt import EngineFromBytes, TrtRunner
+
+        self.runner = TrtRunner(EngineFromBytes(BytesFromPath(str(build / ENGINE))))
+        self.runner.activate()
+        self.lock = threading.Lock()  # one execution context
+
+    def infer(self, images, mode_override=-1):
+        with self.lock:
+            out = self.runner.infer({"image": images, "mode_override": np.full((images.shape[0],), mode_override, dtype=np.int64)})
+            return {k: np.array(v) for k, v in out.items()}
+
+
+class TorchBackend(Backend):
+    """The reference: the same `LensGraph`, run by torch from a checkpoint."""
+
+    name = "torch"
+
+    def __init__(self, checkpoint: Path, device: str):
+        try:
+            import torch
+        except ImportError:
+            raise BackendUnavailable("the torch backend needs torch (pip install '.[train]')") from None
+        from lens.export.graph import LensGraph
+        from lens.training.checkpoint import load_checkpoint, model_from_checkpoint
+
+        if device == "cuda" and not torch.cuda.is_available():
+            raise BackendUnavailable("torch sees no CUDA GPU")
+        ckpt = load_checkpoint(checkpoint)
+        self.torch = torch
+        self.device = device
+        self.samples_on_device = device == "cuda"
+        self.batch_invariant = device != "cuda"
+        self.graph = LensGraph(model_from_checkpoint(ckpt), sample_image=self.samples_on_device, use_residual=ckpt["stage"] != "param").eval().to(device)
+        self.names = ("params", "flow", "safety", "mode", "violations", "corrected" if self.samples_on_device else "maps")
+        self.lock = threading.Lock()
+
+    def infer(self, images, mode_override=-1):
+        t = self.torch
+        with self.lock, t.no_grad():
+            x = t.from_numpy(images).to(self.device)
+            outs = self.graph(x, t.full((images.shape[0],), mode_override, dtype=t.int64, device=self.device))
+        return {n: o.cpu().numpy() for n, o in zip(self.names, outs)}
+
+
+def _gpu_visible() -> bool:
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return False
+    return any(Path(p).exists() for p in ("/dev/nvidia0", "/proc/driver/nvidia/version"))
+
+
+def select_backend(backend: str, device: str, build: Path | None, checkpoint: Path | None) -> Choice:
+    """The backend to run and one line saying which and why."""
+    if backend not in ("auto", "tensorrt", "onnxruntime", "torch"):
+        raise BackendUnavailable(f"unknown backend {backend!r}")
+    if device not in ("auto", "cuda", "cpu"):
+        raise BackendUnavailable(f"unknown device {device!r}")
+    if backend == "torch" or (checkpoint is not None and build is None):
+        if checkpoint is None:
+            raise BackendUnavailable("the torch backend needs --checkpoint")
+        dev = "cuda" if device in ("auto", "cuda") and _torch_cuda() else "cpu"
+        if device == "cuda" and dev != "cuda":
+            raise BackendUnavailable("torch sees no CUDA GPU")
+        return Choice(TorchBackend(checkpoint, dev), f"torch on {dev}: reference backend from {checkpoint.name}")
+    build = build or DEFAULT_BUILD
+    manifest = read_manifest(build)
+    gpu = device in ("auto", "cuda") and _gpu_visible()
+    if device == "cuda" and not gpu:
+        raise BackendUnavailable("--device cuda: no NVIDIA GPU is visible")
+    why_not = []
+    if backend in ("auto", "tensorrt") and gpu:
+        try:
+            return Choice(TensorRTBackend(build, manifest), f"tensorrt: engine {ENGINE} matches this GPU and TensorRT")
+        except BackendUnavailable as exc:
+            if backend == "tensorrt":
+                raise
+            why_not.append(f"no TensorRT ({exc})")
+    elif backend == "tensorrt":
+        raise BackendUnavailable("TensorRT needs a GPU and none is visible")
+    if gpu:
+        try:
+            return Choice(OnnxRuntimeBackend(build, "cuda"), "onnxruntime CUDA provider" + (f": {'; '.join(why_not)}" if why_not else ""))
+        except BackendUnavailable as exc:
+            if device == "cuda":
+                raise
+            why_not.append(f"no CUDA provider ({exc})")
+    reason = "onnxruntime on the CPU" + (": " + "; ".join(why_not) if why_not else ": no GPU visible" if device == "auto" else "")
+    return Choice(OnnxRuntimeBackend(build, "cpu"), reason)
+
+
+def _torch_cuda() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False

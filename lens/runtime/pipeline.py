@@ -1,0 +1,295 @@
+"""`lens run`: decode, infer, choose a mode, warp, encode, write — for thousands of photos.
+
+- Worker threads decode, sample (OpenCV releases the GIL) and encode; images are grouped by
+  size into batches for the GPU backends. On the CPU each image is inferred on its own, so an
+  image's output never depends on ``--batch`` or ``--workers``: byte-identical outputs.
+- Every output is written to a temporary name and renamed; stale temporary files of a killed
+  run are removed when the next run starts, and ``--resume`` skips images already written.
+- Per-image records go to ``OUT/lens-run/images.jsonl`` (appended as images finish, rewritten
+  sorted at the end) and a summary to ``OUT/lens-run/summary.json`` (`lens.runtime.metadata`).
+- A file that cannot be read is recorded with its reason and the run goes on; the exit code
+  says whether anything failed.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from lens.conventions import PARAM_NAMES, SAFETY_STATS
+from lens.runtime.backends import Backend
+from lens.runtime.io import IMAGE_SUFFIXES, DecodedImage, ImageReadError, encode_image, list_images, output_format, read_image, write_atomic
+from lens.runtime.metadata import IMAGES_FILE, RUN_DIR, SUMMARY_FILE
+from lens.runtime.policy import MODES, SafetyThresholds, reasons_from_masks, violations
+from lens.runtime.sampling import warp_with_maps
+
+
+@dataclass
+class RunOptions:
+    batch: int = 1
+    workers: int = 2
+    resume: bool = False
+    quality: int = 95
+    mode_override: int = -1  # -1 automatic, else an index into MODES
+
+
+@dataclass
+class Job:
+    image_id: str
+    source: Path
+    output: Path
+    image: DecodedImage | None = None
+    error: str | None = None
+    timings: dict = field(default_factory=dict)
+
+
+def plan(src: Path, out: Path) -> tuple[list[Job], list[dict]]:
+    """One job per input (sorted by name); inputs whose output name collides with an
+    earlier one's are refused (two files with one stem would overwrite each other)."""
+    sources = list_images(src) if src.is_dir() else [src]
+    jobs, refused, taken = [], [], {}
+    for s in sources:
+        suffix = ".png" if s.suffix.lower() == ".png" else ".jpg"
+        name = s.stem + suffix
+        if name in taken:
+            refused.append({"id": s.stem, "source": str(s), "status": "failed", "error": f"output name {name} already taken by {taken[name].name}"})
+            continue
+        taken[name] = s
+        jobs.append(Job(s.stem, s, out / name))
+    return jobs, refused
+
+
+def _read_records(run_dir: Path) -> dict[str, dict]:
+    records = {}
+    for name in (IMAGES_FILE, IMAGES_FILE + ".part"):
+        path = run_dir / name
+        if path.exists():
+            for line in path.read_text().splitlines():
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:  # the last line of a killed run may be cut
+                    continue
+                records[rec["id"]] = rec
+    return records
+
+
+def _clean_stale_temporaries(out: Path) -> int:
+    n = 0
+    for p in out.glob(".*.part"):
+        p.unlink(missing_ok=True)
+        n += 1
+    return n
+
+
+def _decode(job: Job) -> Job:
+    t = time.perf_counter()
+    try:
+        job.image = read_image(job.source)
+    except ImageReadError as exc:
+        job.error = exc.reason
+    job.timings["decode_ms"] = (time.perf_counter() - t) * 1e3
+    return job
+
+
+def _rgb_batch(jobs: list[Job]) -> np.ndarray:
+    planes = []
+    for j in jobs:
+        px = j.image.pixels
+        rgb = np.repeat(px, 3, axis=2) if px.shape[2] == 1 else px[..., :3]
+        planes.append(np.ascontiguousarray(rgb.transpose(2, 0, 1)))
+    return np.stack(planes)
+
+
+def _max_displacement(maps: np.ndarray) -> float:
+    """Largest distance between an output pixel and where it samples, on every 8th pixel."""
+    sub = maps[:, ::8, ::8]
+    v, u = np.mgrid[0 : maps.shape[1] : 8, 0 : maps.shape[2] : 8]
+    return float(np.sqrt((sub[0] - u) ** 2 + (sub[1] - v) ** 2).max())
+
+
+class Runner:
+    def __init__(self, backend: Backend, options: RunOptions, thresholds: SafetyThresholds = SafetyThresholds(), has_residual: bool = True):
+        self.backend = backend
+        self.options = options
+        self.t = thresholds
+        self.has_residual = has_residual
+
+    def _finish(self, jobs: list[Job], out: dict[str, np.ndarray]) -> list[dict]:
+        records = []
+        for i, job in enumerate(jobs):
+            t = time.perf_counter()
+            mode = int(out["mode"][i])
+            if "maps" in out:
+                maps = out["maps"][i]
+                channels = job.image.pixels
+                rgb = np.repeat(channels, 3, axis=2) if channels.shape[2] == 1 else channels[..., :3]
+                warped = warp_with_maps(rgb, maps[0], maps[1])
+                displacement = _max_displacement(maps)
+            else:
+                warped = np.ascontiguousarray(out["corrected"][i].transpose(1, 2, 0))
+                displacement = None
+            if job.image.pixels.shape[2] == 1:  # greyscale in, greyscale out
+                warped = warped[..., :1]
+            job.timings["warp_ms"] = (time.perf_counter() - t) * 1e3
+            t = time.perf_counter()
+            result = DecodedImage(np.ascontiguousarray(warped), exif=job.image.exif, icc_profile=job.image.icc_profile)
+            data = encode_image(result, output_format(job.output), self.options.quality)
+            write_atomic(job.output, data)
+            job.timings["encode_ms"] = (time.perf_counter() - t) * 1e3
+            safety = {m: dict(zip(SAFETY_STATS, map(float, out["safety"][i][k]))) for k, m in enumerate(MODES)}
+            applied = safety[MODES[mode]]
+            unsafe = violations(applied, self.t, check_residual=mode == 0)
+            notes = ["alpha_dropped"] if job.image.pixels.shape[2] == 4 else []
+            records.append({
+                "id": job.image_id, "source": str(job.source), "output": str(job.output), "status": "ok", "error": None,
+                "size": [job.image.width, job.image.height], "mode": MODES[mode],
+                "reasons": reasons_from_masks(mode, int(out["violations"][i][0]), int(out["violations"][i][1]), self.has_residual)
+                + (["forced"] if self.options.mode_override >= 0 else []),
+                "params": dict(zip(PARAM_NAMES, map(float, out["params"][i]))),
+                "safety": safety, "hard_unsafe": bool(unsafe), "unsafe_reasons": unsafe, "notes": notes,
+                "max_displacement_px": displacement, "timings_ms": {k: round(v, 2) for k, v in job.timings.items()},
+            })
+            job.image = None  # free the pixels as soon as the file is written
+        return records
+
+    def process(self, jobs: list[Job]) -> list[dict]:
+        """Infer, warp, encode and write one same-size batch; per-image records."""
+        t = time.perf_counter()
+        batch = _rgb_batch(jobs)
+        if self.backend.batch_invariant or len(jobs) == 1:
+            parts = [self.backend.infer(batch[i : i + 1], self.options.mode_override) for i in range(len(jobs))]
+            out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        else:
+            out = self.backend.infer(batch, self.options.mode_override)
+        per_image = (time.perf_counter() - t) * 1e3 / len(jobs)
+        for j in jobs:
+            j.timings["infer_ms"] = per_image
+        return self._finish(jobs, out)
+
+
+def _batches(decoded: Iterator[Job], size: int, failed: Callable[[Job], None]) -> Iterator[list[Job]]:
+    """Same-size groups of up to ``size`` in input order; partial groups at the end."""
+    pending: OrderedDict[tuple, list[Job]] = OrderedDict()
+    for job in decoded:
+        if job.error:
+            failed(job)
+            continue
+        key = job.image.pixels.shape[:2]
+        pending.setdefault(key, []).append(job)
+        if len(pending[key]) >= size:
+            yield pending.pop(key)
+    yield from pending.values()
+
+
+def run(src: Path, out: Path, backend: Backend, options: RunOptions, info: dict,
+        on_image: Callable[[dict], None] | None = None, has_residual: bool = True) -> dict:
+    """Correct every image of ``src`` into ``out``; returns the run summary."""
+    out.mkdir(parents=True, exist_ok=True)
+    run_dir = out / RUN_DIR
+    run_dir.mkdir(exist_ok=True)
+    _clean_stale_temporaries(out)
+    jobs, refused = plan(src, out)
+    previous = _read_records(run_dir) if options.resume else {}
+    skipped = [j for j in jobs if previous.get(j.image_id, {}).get("status") == "ok" and j.output.exists()]
+    skip_ids = {j.image_id for j in skipped}
+    todo = [j for j in jobs if j.image_id not in skip_ids]
+    records: dict[str, dict] = {i: previous[i] for i in skip_ids}
+    lock = threading.Lock()
+    part = open(run_dir / (IMAGES_FILE + ".part"), "a" if options.resume else "w")
+
+    def record(rec: dict) -> None:
+        with lock:
+            records[rec["id"]] = rec
+            part.write(json.dumps(rec, sort_keys=True) + "\n")
+            part.flush()
+        if on_image:
+            on_image(rec)
+
+    def failed(job: Job) -> None:
+        record({"id": job.image_id, "source": str(job.source), "output": None, "status": "failed", "error": job.error,
+                "mode": None, "reasons": [], "hard_unsafe": False, "timings_ms": job.timings})
+
+    for r in refused:
+        record(r)
+    runner = Runner(backend, options, has_residual=has_residual)
+    t0 = time.perf_counter()
+    workers = max(1, options.workers)
+    try:
+        with ThreadPoolExecutor(workers) as pool:
+            window = max(2, 2 * workers * options.batch)
+            decode_futures: list[Future] = []
+            it = iter(todo)
+
+            def decoded() -> Iterator[Job]:
+                for job in it:  # keep a bounded window of decodes in flight
+                    decode_futures.append(pool.submit(_decode, job))
+                    if len(decode_futures) >= window:
+                        yield decode_futures.pop(0).result()
+                while decode_futures:
+                    yield decode_futures.pop(0).result()
+
+            in_flight: list[tuple[Future, list[Job]]] = []
+
+            def drain(limit: int) -> None:
+                while len(in_flight) > limit:
+                    fut, batch_jobs = in_flight.pop(0)
+                    try:
+                        for rec in fut.result():
+                            record(rec)
+                    except OSError as exc:  # the output could not be written: report, go on
+                        for j in batch_jobs:
+                            j.error = f"cannot write {j.output}: {exc.strerror or exc}"
+                            failed(j)
+
+            for batch_jobs in _batches(decoded(), max(1, options.batch), failed):
+                in_flight.append((pool.submit(runner.process, batch_jobs), batch_jobs))
+                drain(workers)
+            drain(0)
+    finally:
+        part.close()
+    wall = time.perf_counter() - t0
+    ordered = [records[k] for k in sorted(records)]
+    write_atomic(run_dir / IMAGES_FILE, "".join(json.dumps(r, sort_keys=True) + "\n" for r in ordered).encode())
+    (run_dir / (IMAGES_FILE + ".part")).unlink(missing_ok=True)
+    done_now = [r for r in ordered if r["id"] not in skip_ids]
+    ok_now = [r for r in done_now if r["status"] == "ok"]
+    summary = {
+        "images": len(ordered),
+        "ok": sum(r["status"] == "ok" for r in ordered),
+        "failed": [{"id": r["id"], "source": r.get("source"), "reason": r["error"]} for r in ordered if r["status"] != "ok"],
+        "skipped_resume": len(skip_ids),
+        "modes": {m: sum(r.get("mode") == m for r in ordered) for m in MODES},
+        "hard_unsafe": [r["id"] for r in ordered if r.get("hard_unsafe")],
+        "throughput": {"images": len(ok_now), "wall_s": round(wall, 3), "images_per_s": round(len(ok_now) / wall, 3) if wall > 0 else None},
+        "options": {"batch": options.batch, "workers": options.workers, "quality": options.quality,
+                    "mode": "auto" if options.mode_override < 0 else MODES[options.mode_override]},
+        **info,
+    }
+    summary["versions"] = {**summary.get("versions", {}), **_versions()}
+    write_atomic(run_dir / SUMMARY_FILE, (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode())
+    return summary
+
+
+def _versions() -> dict:
+    import cv2
+    import PIL
+
+    from lens import __version__
+
+    out = {"lens": __version__, "numpy": np.__version__, "opencv": cv2.__version__, "pillow": PIL.__version__, "python": platform.python_version()}
+    try:
+        import onnxruntime
+
+        out["onnxruntime"] = onnxruntime.__version__
+    except ImportError:
+        pass
+    return out
