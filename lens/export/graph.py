@@ -75,22 +75,23 @@ class LensGraph(torch.nn.Module):
         self.use_residual = use_residual
         self.t = thresholds
 
-    def _lattice_grid(self, params, camera, flow, height, width):
+    def _residual_offsets(self, flow, height, width):
+        """The residual flow's normalised offsets at the lattice points, ``(B, rows, cols, 2)``."""
+        u, v = lattice_points(height, width, LATTICE_STEP, device=flow.device)
+        lattice = torch.stack(torch.broadcast_tensors(u * (2.0 / (width - 1)) - 1, v * (2.0 / (height - 1)) - 1), dim=-1)
+        lattice = lattice.expand(flow.shape[0], -1, -1, -1)
+        offsets = torch.nn.functional.grid_sample(residual_to_normalized(flow), lattice, mode="bilinear", align_corners=True)
+        return offsets.permute(0, 2, 3, 1)
+
+    def _lattice_grid(self, params, camera, height, width):
         u, v = lattice_points(height, width, LATTICE_STEP, device=params.device)
-        pts = parametric_points(params, camera, u, v, height, width)
-        if flow is not None:
-            lattice = torch.stack(torch.broadcast_tensors(u * (2.0 / (width - 1)) - 1, v * (2.0 / (height - 1)) - 1), dim=-1)
-            lattice = lattice.expand(params.shape[0], -1, -1, -1)
-            offsets = torch.nn.functional.grid_sample(residual_to_normalized(flow), lattice, mode="bilinear", align_corners=True)
-            pts = pts + offsets.permute(0, 2, 3, 1)
-        return pts
+        return parametric_points(params, camera, u, v, height, width)
 
     def forward(self, image: torch.Tensor, mode_override: torch.Tensor):
         height, width = image.shape[-2], image.shape[-1]
         cfg = self.model.config
-        pixels = image.to(torch.float32)
-        small = to_model_input(pixels, cfg.input_height, cfg.input_width)
-        aspect = torch.ones_like(pixels[:, 0, 0, 0]) * (height / width)
+        small = to_model_input(image, cfg.input_height, cfg.input_width)
+        aspect = torch.ones_like(small[:, 0, 0, 0]) * (height / width)
         if self.half:  # network layers in fp16; the geometry below stays fp32 (a fp16 grid is ~1 px off at 4K)
             params, flow = self.model(small.half(), aspect.half())
             params, flow = params.float(), flow.float()
@@ -102,9 +103,10 @@ class LensGraph(torch.nn.Module):
 
         size = (height, width)
         cam, cam_safe = optimal_new_camera(params, height, width), optimal_new_camera(safe, height, width)
-        g_hybrid = self._lattice_grid(params, cam, flow, height, width)
-        g_param = self._lattice_grid(params, cam, None, height, width)
-        g_cons = self._lattice_grid(safe, cam_safe, None, height, width)
+        g_param = self._lattice_grid(params, cam, height, width)
+        offsets = self._residual_offsets(flow, height, width)
+        g_hybrid = g_param + offsets
+        g_cons = self._lattice_grid(safe, cam_safe, height, width)
         s_hybrid = stack_stats(grid_safety_stats(g_hybrid, flow, 1, size))
         s_param = stack_stats(grid_safety_stats(g_param, None, 1, size))
         s_cons = stack_stats(grid_safety_stats(g_cons, None, 1, size))
@@ -124,8 +126,9 @@ class LensGraph(torch.nn.Module):
         final_flow = flow * (chosen == 0).to(torch.float32).reshape(-1, 1, 1, 1)
         if self.sample_image:
             grid = fuse_residual(parametric_grid(final_params, final_cam, height, width), final_flow)
-            return params, flow, safety, chosen, violations, to_uint8(sample(pixels, grid))
-        lattice = self._lattice_grid(final_params, final_cam, final_flow, height, width)
+            return params, flow, safety, chosen, violations, to_uint8(sample(image.to(torch.float32), grid))
+        is_cons4 = is_cons.reshape(-1, 1, 1, 1)
+        lattice = g_param * (1 - is_cons4) + g_cons * is_cons4 + offsets * (chosen == 0).to(torch.float32).reshape(-1, 1, 1, 1)
         lattice_px = torch.stack([normalized_to_pixel(lattice[..., 0], width), normalized_to_pixel(lattice[..., 1], height)], dim=1)
         maps = torch.nn.functional.interpolate(lattice_px, size=(height, width), mode="bilinear", align_corners=True)
         return params, flow, safety, chosen, violations, maps

@@ -8,16 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from lens.conventions import SAFETY_STATS  # torch-free, shared with the runtime
 from lens.geometry.grid import normalized_to_pixel
-
-from lens.conventions import SAFETY_STATS  # noqa: E402  (torch-free, shared with the runtime)
-    "border_invalid_fraction",  # share of the output's outermost ring of pixels doing so
-    "jacobian_min",  # smallest local area ratio d(input)/d(output); 1 = identity
-    "jacobian_p01",  # its 1st percentile
-    "foldover_fraction",  # share of pixels whose Jacobian determinant is <= 0 (fold-over)
-    "residual_mean_px",  # mean residual-flow magnitude, in full-resolution pixels
-    "residual_max_px",  # its maximum
-)
 
 #: A sample may sit this many pixels beyond the outermost pixel centre before it counts as
 #: out of bounds: float32 round-off of an exact alpha = 0 border is ~1e-4 px.

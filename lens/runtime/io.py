@@ -1,7 +1,10 @@
 """Reading and writing photographs: every failure is named, every write is atomic.
 
-Decoding uses Pillow (it reads EXIF, ICC profiles and every mode a camera or editor produces);
-pixels are handled in their stored orientation. Lens distortion lives in the sensor's frame,
+Pillow reads every file's header, EXIF and ICC profile and decodes every mode a camera or
+editor produces. The common case, an 8-bit RGB or greyscale JPEG/PNG, is decoded and JPEGs are
+encoded by OpenCV instead (libjpeg-turbo without Pillow's copies: ~20 vs ~30 ms each way for
+a 2048 px photo), with EXIF and ICC spliced back into the JPEG. Pixels are handled in their
+stored orientation. Lens distortion lives in the sensor's frame,
 so an EXIF-rotated file is corrected as stored and its EXIF block, orientation tag included,
 is copied to the output: viewers then show the corrected image the same way up as the input.
 """
@@ -13,6 +16,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
@@ -80,6 +84,22 @@ def _to_uint8_array(img: Image.Image) -> np.ndarray:
     return arr[..., None] if arr.ndim == 2 else arr
 
 
+def _fast_decode(path: Path, fmt: str | None, mode: str) -> np.ndarray | None:
+    """OpenCV decode of 8-bit RGB / L JPEG and PNG; None where Pillow must do it. A JPEG that
+    does not end in its EOI marker goes to Pillow, which reports truncation instead of
+    returning grey rows as libjpeg does."""
+    if fmt not in ("JPEG", "PNG") or mode not in ("RGB", "L"):
+        return None
+    data = np.fromfile(path, dtype=np.uint8)
+    if fmt == "JPEG" and not (data[-2:] == (0xFF, 0xD9)).all():
+        return None
+    flags = cv2.IMREAD_IGNORE_ORIENTATION | (cv2.IMREAD_GRAYSCALE if mode == "L" else cv2.IMREAD_COLOR)
+    pixels = cv2.imdecode(data, flags)
+    if pixels is None:
+        return None
+    return pixels[..., None] if pixels.ndim == 2 else cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB)
+
+
 def read_image(path: str | os.PathLike) -> DecodedImage:
     """Decode ``path`` or raise `ImageReadError` saying why not."""
     path = Path(path)
@@ -98,10 +118,12 @@ def read_image(path: str | os.PathLike) -> DecodedImage:
                     raise ImageReadError(path, f"image too large: {w}x{h} exceeds {MAX_PIXELS:,} pixels")
                 if w < 2 or h < 2:
                     raise ImageReadError(path, f"image too small to warp: {w}x{h}")
-                img.load()
-                pixels = _to_uint8_array(img)
                 exif = img.info.get("exif")
                 icc = img.info.get("icc_profile")
+                pixels = _fast_decode(path, img.format, img.mode)
+                if pixels is None:
+                    img.load()
+                    pixels = _to_uint8_array(img)
     except ImageReadError:
         raise
     except UnidentifiedImageError:
@@ -118,6 +140,38 @@ def output_format(path: Path) -> str:
     return "PNG" if path.suffix.lower() == ".png" else "JPEG"
 
 
+def _jpeg_segments(exif: bytes | None, icc: bytes | None) -> bytes:
+    """APP1 (Exif) and APP2 (ICC_PROFILE, split into chunks) marker segments."""
+    out = b""
+    if exif:
+        payload = exif if exif.startswith(b"Exif\x00\x00") else b"Exif\x00\x00" + exif
+        if len(payload) <= 65533:
+            out += b"\xff\xe1" + (len(payload) + 2).to_bytes(2, "big") + payload
+    if icc:
+        chunk = 65519
+        parts = [icc[i : i + chunk] for i in range(0, len(icc), chunk)]
+        for n, part in enumerate(parts, 1):
+            payload = b"ICC_PROFILE\x00" + bytes([n, len(parts)]) + part
+            out += b"\xff\xe2" + (len(payload) + 2).to_bytes(2, "big") + payload
+    return out
+
+
+def _encode_jpeg_opencv(pixels: np.ndarray, exif: bytes | None, icc: bytes | None, quality: int) -> bytes:
+    bgr = pixels[..., 0] if pixels.shape[2] == 1 else cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR)
+    ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, quality, cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444])
+    if not ok:
+        raise ValueError("JPEG encoding failed")
+    data = buf.tobytes()
+    extra = _jpeg_segments(exif, icc)
+    if not extra:
+        return data
+    # After SOI and OpenCV's JFIF APP0, as Pillow would place them.
+    pos = 2
+    if data[2:4] == b"\xff\xe0":
+        pos = 4 + int.from_bytes(data[4:6], "big")
+    return data[:pos] + extra + data[pos:]
+
+
 def encode_image(image: DecodedImage, fmt: str, quality: int = JPEG_QUALITY) -> bytes:
     """Deterministic encoding: JPEG at ``quality`` with 4:4:4 chroma, or PNG.
 
@@ -129,6 +183,8 @@ def encode_image(image: DecodedImage, fmt: str, quality: int = JPEG_QUALITY) -> 
     if fmt == "JPEG" and channels == 4:
         pixels = pixels[..., :3]
         channels = 3
+    if fmt == "JPEG":
+        return _encode_jpeg_opencv(np.ascontiguousarray(pixels), image.exif, image.icc_profile, quality)
     mode = {1: "L", 3: "RGB", 4: "RGBA"}[channels]
     img = Image.fromarray(pixels[..., 0] if channels == 1 else pixels, mode=mode)
     options: dict = {}
@@ -136,17 +192,16 @@ def encode_image(image: DecodedImage, fmt: str, quality: int = JPEG_QUALITY) -> 
         options["exif"] = image.exif
     if image.icc_profile:
         options["icc_profile"] = image.icc_profile
-    if fmt == "JPEG":
-        options.update(quality=quality, subsampling=0, optimize=False)
     buf = io.BytesIO()
     img.save(buf, format=fmt, **options)
     return buf.getvalue()
 
 
-def write_atomic(path: str | os.PathLike, data: bytes) -> None:
+def write_atomic(path: str | os.PathLike, data: bytes, durable: bool = False) -> None:
     """Write ``data`` to ``path`` so that ``path`` is either absent, its old content, or the
-    complete new content, even if the process is killed: temp file in the same folder,
-    fsync, then rename."""
+    complete new content, even if the process is killed: temp file in the same folder, then
+    rename. ``durable`` also fsyncs before the rename, which survives a power cut too; it costs
+    ~5 ms per file, so images skip it and checkpoints and zips use it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
@@ -154,7 +209,8 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> None:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
-            os.fsync(fh.fileno())
+            if durable:
+                os.fsync(fh.fileno())
         os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, path)
     except BaseException:

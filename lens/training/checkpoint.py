@@ -43,7 +43,7 @@ def save_checkpoint(path: str | Path, payload: dict) -> None:
     """Atomic save: a killed run never leaves a truncated checkpoint."""
     buf = io.BytesIO()
     torch.save(payload, buf)
-    write_atomic(path, buf.getvalue())
+    write_atomic(path, buf.getvalue(), durable=True)
 
 
 def load_checkpoint(path: str | Path) -> dict:

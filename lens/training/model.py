@@ -75,18 +75,19 @@ def coordinate_channels(batch: int, in_h: int, in_w: int, aspect: torch.Tensor) 
     return torch.stack([x, y, x * x + y * y], dim=1).expand(batch, -1, -1, -1)
 
 
-#: Preprocessing resizes bilinearly to this multiple of the model size, then averages
-#: PREPROCESS_POOL x PREPROCESS_POOL blocks: an antialiased downscale built from operators
-#: TensorRT supports (its Resize has no antialias mode). Training and every exported graph
-#: use this one function.
-PREPROCESS_POOL = 4
-
-
 def to_model_input(image: torch.Tensor, in_h: int, in_w: int) -> torch.Tensor:
-    """Float ``(B, 3, H, W)`` in [0, 255] -> normalised ``(B, 3, h, w)``, antialiased."""
-    k = PREPROCESS_POOL
-    big = F.interpolate(image, size=(in_h * k, in_w * k), mode="bilinear", align_corners=False)
-    small = F.avg_pool2d(big, kernel_size=k, stride=k)
+    """``(B, 3, H, W)`` pixels in [0, 255] (uint8 or float) -> normalised float ``(B, 3, h, w)``.
+
+    Every other pixel and row, converted to float, resized bilinearly to twice the model size,
+    then 2 x 2 averaged: a downscale that keeps edges (what distortion is read from), built
+    from operators TensorRT supports (its Resize has no antialias mode), and cheap on a CPU:
+    ~12 ms for a 2048 px image in ONNX Runtime on one thread, against ~45 ms for a full-image
+    average pool or a resize to four times the model size. Training and every exported graph
+    use this one function.
+    """
+    quarter = image[:, :, ::2, ::2].to(torch.float32)
+    mid = F.interpolate(quarter, size=(in_h * 2, in_w * 2), mode="bilinear", align_corners=False)
+    small = F.avg_pool2d(mid, kernel_size=2, stride=2)
     return small * (1.0 / 127.5) - 1.0
 
 

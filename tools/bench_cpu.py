@@ -1,0 +1,80 @@
+"""CPU throughput of `lens run` against a plain OpenCV undistort pipeline, same files, same
+thread count, same process (issue bar: lens >= 0.5x OpenCV).
+
+    python tools/bench_cpu.py [N] [THREADS]
+
+Baseline per image: cv2.imread, getOptimalNewCameraMatrix + initUndistortRectifyMap (known
+k1 = -0.2, k2 = 0.4; maps rebuilt per image, as each photo has its own coefficients) + remap,
+cv2.imwrite JPEG 95 4:4:4. lens: the full `lens run` pipeline (Pillow decode, ONNX Runtime
+inference of the default model, safety + fallback, OpenCV sampling, Pillow encode, atomic
+write, metadata). Both run over THREADS worker threads. Runs alternate twice; best of each.
+"""
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from lens.runtime.backends import DEFAULT_BUILD, OnnxRuntimeBackend
+from lens.runtime.pipeline import RunOptions, run
+
+SAMPLES = Path(__file__).resolve().parents[1] / "samples"
+
+
+def make_inputs(folder: Path, n: int) -> None:
+    folder.mkdir(parents=True)
+    srcs = [cv2.resize(cv2.imread(str(p)), (2048, 1367), interpolation=cv2.INTER_AREA) for p in sorted(SAMPLES.glob("*.jpg"))]
+    for i in range(n):
+        img = np.roll(srcs[i % len(srcs)], i * 7, axis=1)  # distinct pixels per file
+        cv2.imwrite(str(folder / f"img{i:03d}.jpg"), img, [cv2.IMWRITE_JPEG_QUALITY, 92])
+
+
+def opencv_pipeline(src: Path, out: Path, threads: int) -> float:
+    out.mkdir(parents=True, exist_ok=True)
+
+    def one(path: Path) -> None:
+        img = cv2.imread(str(path))
+        h, w = img.shape[:2]
+        K = np.array([[w, 0, (w - 1) / 2], [0, w, (h - 1) / 2], [0, 0, 1.0]])
+        D = np.array([-0.2, 0.4, 0, 0, 0.0])
+        new_k, _ = cv2.getOptimalNewCameraMatrix(K, D, (w, h), 0)
+        m1, m2 = cv2.initUndistortRectifyMap(K, D, None, new_k, (w, h), cv2.CV_16SC2)
+        fixed = cv2.remap(img, m1, m2, cv2.INTER_LINEAR)
+        cv2.imwrite(str(out / path.name), fixed, [cv2.IMWRITE_JPEG_QUALITY, 95, cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444])
+
+    files = sorted(src.glob("*.jpg"))
+    t = time.perf_counter()
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(one, files))
+    return len(files) / (time.perf_counter() - t)
+
+
+def lens_pipeline(src: Path, out: Path, threads: int, backend) -> float:
+    summary = run(src, out, backend, RunOptions(batch=1, workers=threads), {})
+    return summary["throughput"]["images_per_s"]
+
+
+def main(n: int = 24, threads: int = 2) -> None:
+    cv2.setNumThreads(1)  # the worker threads are the parallelism, for both pipelines
+    backend = OnnxRuntimeBackend(DEFAULT_BUILD, "cpu")
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "in"
+        make_inputs(src, n)
+        cv_rates, lens_rates = [], []
+        for rep in range(2):
+            cv_rates.append(opencv_pipeline(src, Path(tmp) / f"cv{rep}", threads))
+            lens_rates.append(lens_pipeline(src, Path(tmp) / f"lens{rep}", threads, backend))
+        cv_best, lens_best = max(cv_rates), max(lens_rates)
+        print(f"{n} images 2048x1367, {threads} threads")
+        print(f"OpenCV undistort pipeline: {cv_best:.2f} images/s  (runs: {', '.join(f'{r:.2f}' for r in cv_rates)})")
+        print(f"lens run (ORT CPU):        {lens_best:.2f} images/s  (runs: {', '.join(f'{r:.2f}' for r in lens_rates)})")
+        print(f"ratio lens / OpenCV: {lens_best / cv_best:.2f}  (bar: >= 0.5)")
+
+
+if __name__ == "__main__":
+    main(*(int(a) for a in sys.argv[1:3]))
