@@ -68,9 +68,9 @@ def _backbone(kind: str, mult: float) -> tuple[nn.Module, nn.Module, int, int]:
 
 def coordinate_channels(batch: int, in_h: int, in_w: int, aspect: torch.Tensor) -> torch.Tensor:
     """``(B, 3, h, w)``: x and y in units of the image width from the centre, and r^2.
-    ``aspect`` is the original H / W per image, ``(B,)``."""
-    xs = (torch.arange(in_w, dtype=torch.float32, device=aspect.device) * (1.0 / (in_w - 1)) - 0.5).reshape(1, 1, -1)
-    ys = (torch.arange(in_h, dtype=torch.float32, device=aspect.device) * (1.0 / (in_h - 1)) - 0.5).reshape(1, -1, 1) * aspect.reshape(-1, 1, 1)
+    ``aspect`` is the original H / W per image, ``(B,)``; its dtype is the channels' dtype."""
+    xs = (torch.arange(in_w, dtype=aspect.dtype, device=aspect.device) * (1.0 / (in_w - 1)) - 0.5).reshape(1, 1, -1)
+    ys = (torch.arange(in_h, dtype=aspect.dtype, device=aspect.device) * (1.0 / (in_h - 1)) - 0.5).reshape(1, -1, 1) * aspect.reshape(-1, 1, 1)
     x, y = torch.broadcast_tensors(xs, ys)
     return torch.stack([x, y, x * x + y * y], dim=1).expand(batch, -1, -1, -1)
 
