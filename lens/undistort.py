@@ -6,7 +6,7 @@ The grid comes from `lens.geometry` (torch), the sampling from OpenCV's ``remap`
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np

@@ -1,10 +1,9 @@
 """`lens score`, `lens qa`, `lens package` as a user runs them."""
+import base64
 import json
 import re
 import zipfile
 from html.parser import HTMLParser
-
-import base64
 
 import cv2
 import numpy as np
@@ -13,7 +12,7 @@ import torch
 from typer.testing import CliRunner
 
 from lens.cli import app
-from lens.geometry import IDENTITY, LensParams, optimal_new_camera, parametric_grid
+from lens.geometry import IDENTITY, optimal_new_camera, parametric_grid
 from lens.qa.score import score_pair
 from lens.runtime.io import DecodedImage, write_image
 from lens.runtime.sampling import warp_with_grid
@@ -123,7 +122,6 @@ def test_qa_catches_black_borders_unchanged_images_bad_names_and_extras(tmp_path
     (pred / "img1.jpg").write_bytes((inputs / "img1.jpg").read_bytes())  # uncorrected
     (pred / "img3.jpg").rename(pred / "img3.JPG")  # bad name (and so img3 is missing)
     (pred / "stray.jpg").write_bytes((inputs / "img2.jpg").read_bytes())  # extra
-    report = json.loads("{}")
     result = runner.invoke(app, ["qa", str(pred), "--inputs", str(inputs), "--no-require-metadata", "--json", str(tmp_path / "qa.json")])
     assert result.exit_code == 1
     report = json.loads((tmp_path / "qa.json").read_text())

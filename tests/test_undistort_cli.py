@@ -1,7 +1,6 @@
 """`lens undistort` as a user runs it."""
 import cv2
 import numpy as np
-import pytest
 from PIL import Image, JpegImagePlugin
 from typer.testing import CliRunner
 

@@ -96,7 +96,6 @@ def export(checkpoint: Path, out_dir: Path, precision: str = "fp32", profile: Sh
         raise ValueError(f"precision must be fp32 or fp16, not {precision!r}")
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt = load_checkpoint(checkpoint)
-    model = model_from_checkpoint(ckpt)
     use_residual = ckpt["stage"] != "param"
     example = (torch.randint(0, 256, (2, 3, 96, 144), dtype=torch.uint8), torch.tensor([-1, -1], dtype=torch.int64))
     axes = {"image": {0: "B", 2: "H", 3: "W"}, "mode_override": {0: "B"}}

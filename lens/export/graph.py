@@ -39,17 +39,13 @@ from lens.geometry import (
     sample,
     stack_stats,
 )
+from lens.export.modules import to_uint8
 from lens.runtime.policy import SafetyThresholds
 from lens.training.model import LensNet, to_model_input
 
 LATTICE_STEP = 8
 SAMPLED_OUTPUTS = ("params", "flow", "safety", "mode", "violations", "corrected")
 MAPS_OUTPUTS = ("params", "flow", "safety", "mode", "violations", "maps")
-
-
-def to_uint8(image: torch.Tensor) -> torch.Tensor:
-    """Round float pixel values in [0, 255] to uint8 (half up)."""
-    return torch.clamp(torch.floor(image + 0.5), 0, 255).to(torch.uint8)
 
 
 def _violation_mask(stats: torch.Tensor, t: SafetyThresholds, check_residual: bool) -> torch.Tensor:

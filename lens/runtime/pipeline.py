@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import json
-import os
 import platform
 import threading
 import time
@@ -27,7 +26,7 @@ import numpy as np
 
 from lens.conventions import PARAM_NAMES, SAFETY_STATS
 from lens.runtime.backends import Backend
-from lens.runtime.io import IMAGE_SUFFIXES, DecodedImage, ImageReadError, encode_image, list_images, output_format, read_image, write_atomic
+from lens.runtime.io import DecodedImage, ImageReadError, encode_image, list_images, output_format, read_image, write_atomic
 from lens.runtime.metadata import IMAGES_FILE, RUN_DIR, SUMMARY_FILE
 from lens.runtime.policy import MODES, SafetyThresholds, reasons_from_masks, violations
 from lens.runtime.sampling import warp_with_maps

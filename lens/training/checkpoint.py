@@ -56,7 +56,13 @@ def load_checkpoint(path: str | Path) -> dict:
         raise ValueError(f"{path}: not a loadable lens checkpoint ({exc})") from None
 
 
+def model_config_of(ckpt: dict) -> ModelConfig:
+    """The checkpoint's model config; checkpoints from before ``param_head`` existed used raw
+    coefficients."""
+    return ModelConfig(**{"param_head": "coefficients", **ckpt["model_config"]})
+
+
 def model_from_checkpoint(ckpt: dict) -> LensNet:
-    model = LensNet(ModelConfig(**ckpt["model_config"]))
+    model = LensNet(model_config_of(ckpt))
     model.load_state_dict(ckpt["model"])
     return model.eval()

@@ -5,8 +5,13 @@ coordinate channels: x and y of each pixel in units of the image width from the 
 r^2. They carry the true aspect ratio, which the fixed-size resize hides, and the position of
 each feature relative to the optical centre, where distortion grows with r.
 
-- parameter head: identity at initialisation (its last layer starts at zero) and bounded:
-  ``k1 = 0.8 tanh(z0)``, ..., ``focal = exp(0.7 tanh(z5))`` (`_PARAM_SCALE`);
+- parameter head: identity at initialisation (its last layer starts at zero) and bounded.
+  With ``param_head="displacement"`` (default) the radial terms are predicted as the radial
+  displacement at three radii (0.3, 0.6, 0.9 widths) and solved for k1, k2, k3: the raw
+  coefficients are strongly correlated (k1 and k2 both bend the periphery), and predicting
+  them directly conditions the problem so badly that training collapses to the mean
+  (measured: memorising 16 images reaches 8.6 px in 80 steps with coefficients, 1.5 px with
+  displacements). ``"coefficients"``: ``k1 = 0.8 tanh(z0)``, ... (the first default model);
 - residual head: a flow at 1/8 of the input size, in pixels of its own grid, bounded by
   ``max_residual_px`` via tanh and zero at initialisation.
 
@@ -24,6 +29,9 @@ from lens.geometry import NUM_PARAMS
 
 # Half-ranges of the bounded parameter outputs, PARAM_NAMES order (focal is log-scaled).
 _PARAM_SCALE = (0.8, 1.0, 0.5, 0.02, 0.02, 0.7, 0.1, 0.1)
+# Displacement head: radii (in focal lengths) and the half-range of the displacement there.
+_RADII = (0.3, 0.6, 0.9)
+_DISP_SCALE = (0.03, 0.3, 1.2)
 
 
 @dataclass
@@ -33,6 +41,7 @@ class ModelConfig:
     input_width: int = 240
     max_residual_px: float = 2.0  # residual bound, in pixels of the 1/8 flow grid
     width_mult: float = 1.0
+    param_head: str = "displacement"  # or "coefficients" (see the module docstring)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -104,14 +113,22 @@ class LensNet(nn.Module):
             nn.init.zeros_(last.weight)
             nn.init.zeros_(last.bias)
         self.register_buffer("param_scale", torch.tensor(_PARAM_SCALE, dtype=torch.float32), persistent=False)
+        if cfg.param_head not in ("displacement", "coefficients"):
+            raise ValueError(f"unknown param_head {cfg.param_head!r}")
+        radii = torch.tensor(_RADII, dtype=torch.float64)
+        basis = torch.stack([radii**3, radii**5, radii**7], dim=1)  # d(r) = k1 r^3 + k2 r^5 + k3 r^7
+        self.register_buffer("disp_scale", torch.tensor(_DISP_SCALE, dtype=torch.float32), persistent=False)
+        self.register_buffer("disp_to_k", torch.linalg.inv(basis).T.float().contiguous(), persistent=False)
 
     def forward(self, small: torch.Tensor, aspect: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``small``: `to_model_input` output ``(B, 3, h, w)``; ``aspect``: ``(B,)`` H / W of
         the full-resolution images. Returns params ``(B, 8)`` and flow ``(B, 2, h/8, w/8)``."""
         coords = coordinate_channels(small.shape[0], small.shape[2], small.shape[3], aspect)
         f8 = self.to8(torch.cat([small, coords], dim=1))
-        z = torch.tanh(self.param_head(self.to32(f8))) * self.param_scale
-        params = torch.cat([z[:, :5], torch.exp(z[:, 5:6]), z[:, 6:]], dim=1)
+        raw = torch.tanh(self.param_head(self.to32(f8)))
+        z = raw * self.param_scale
+        radial = (raw[:, :3] * self.disp_scale) @ self.disp_to_k if self.config.param_head == "displacement" else z[:, :3]
+        params = torch.cat([radial, z[:, 3:5], torch.exp(z[:, 5:6]), z[:, 6:]], dim=1)
         c8 = F.interpolate(coords, size=f8.shape[-2:], mode="bilinear", align_corners=True)
         flow = torch.tanh(self.flow_head(torch.cat([f8, c8], dim=1))) * self.config.max_residual_px
         return params, flow

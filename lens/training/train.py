@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from lens.training.batches import VAL_PHOTOS, TRAIN_PHOTOS, Batch, build_pool, draw_batch, fingerprint
-from lens.training.checkpoint import PARENT_STAGE, STAGES, git_commit, load_checkpoint, save_checkpoint, sha256_file
+from lens.training.checkpoint import PARENT_STAGE, STAGES, git_commit, load_checkpoint, model_from_checkpoint, save_checkpoint, sha256_file
 from lens.training.losses import endpoint_error, foldover_penalty, reference_size, smoothness, warp_points
 from lens.training.model import LensNet, ModelConfig, to_model_input
 
@@ -103,9 +103,8 @@ def train(config: TrainConfig, run_dir: str | Path, parent: str | Path | None = 
         pckpt = load_checkpoint(parent)
         if pckpt["stage"] != PARENT_STAGE[config.stage]:
             raise ValueError(f"{parent}: stage {config.stage} starts from a {PARENT_STAGE[config.stage]} checkpoint, not {pckpt['stage']}")
-        model = LensNet(ModelConfig(**pckpt["model_config"]))
-        model.load_state_dict(pckpt["model"])
-        config.model = pckpt["model_config"]
+        model = model_from_checkpoint(pckpt).train()
+        config.model = model.config.to_dict()
         parent_info = {"path": str(parent), "sha256": sha256_file(parent), "stage": pckpt["stage"]}
     use_flow = config.stage != "param"
     device = torch.device(config.device)
