@@ -66,6 +66,78 @@ def _require_torch(command: str) -> None:
         raise typer.Exit(2)
 
 
+# ---------------------------------------------------------------- runtime
+
+
+@app.command("run")
+def run_cmd(
+    src: Path = typer.Argument(..., exists=True, help="An image or a folder of images.", show_default=False),
+    out: Path = typer.Argument(..., file_okay=False, help="Output folder (images keep their stem; metadata in `lens-run/`).", show_default=False),
+    build: Optional[Path] = typer.Option(None, exists=True, file_okay=False, help="A `lens export` build folder (default: the embedded default model)."),
+    checkpoint: Optional[Path] = typer.Option(None, exists=True, dir_okay=False, help="Run a checkpoint with the torch backend (needs torch)."),
+    backend: str = typer.Option("auto", help="auto | tensorrt | onnxruntime | torch."),
+    device: str = typer.Option("auto", help="auto | cuda | cpu."),
+    batch: int = typer.Option(1, min=1, help="Images per inference on GPU backends (the CPU infers one image at a time)."),
+    workers: int = typer.Option(0, min=0, help="Worker threads for decode / warp / encode (0: one per CPU core)."),
+    resume: bool = typer.Option(False, help="Skip images whose output and record already exist."),
+    quality: int = typer.Option(95, min=1, max=100, help="JPEG quality (4:4:4 chroma)."),
+    mode: str = typer.Option("auto", help="auto, or force hybrid | param_only | param_only_conservative."),
+) -> None:
+    """Correct a folder of photos with the default model (or a build / checkpoint).
+
+    Chooses TensorRT, ONNX Runtime CUDA or CPU (and says why), checks every warp's safety and
+    falls back hybrid -> param_only -> param_only_conservative, writes each output atomically
+    with its input's size and stem (JPEG 95 4:4:4, PNG stays PNG), and records per-image
+    metadata and a summary in `OUT/lens-run/`. Exit code 1 if any image failed."""
+    import os
+    import time
+
+    from lens.runtime.backends import BackendUnavailable, read_manifest, select_backend
+    from lens.runtime.pipeline import RunOptions, run
+    from lens.runtime.policy import MODES
+
+    if mode != "auto" and mode not in MODES:
+        raise typer.BadParameter(f"choose auto or one of {', '.join(MODES)}", param_hint="--mode")
+    try:
+        choice = select_backend(backend, device, build, checkpoint)
+    except BackendUnavailable as exc:
+        console.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
+        raise typer.Exit(2)
+    console.print(f"backend: {escape(choice.reason)}", soft_wrap=True)
+    info: dict = {"backend": {**choice.backend.describe(), "reason": choice.reason}}
+    has_residual = True
+    if checkpoint is None or build is not None:
+        from lens.runtime.backends import DEFAULT_BUILD
+
+        manifest = read_manifest(build or DEFAULT_BUILD)
+        info["model"] = {"build": str(build or "embedded default"), "checkpoint_sha256": manifest["checkpoint"]["sha256"],
+                         "onnx": manifest["onnx"], "stage": manifest["checkpoint"]["stage"]}
+        info["engines"] = manifest.get("engines", [])
+        has_residual = manifest.get("uses_residual", True)
+    options = RunOptions(batch=batch, workers=workers or (os.cpu_count() or 1), resume=resume, quality=quality,
+                         mode_override=-1 if mode == "auto" else MODES.index(mode))
+    from lens.runtime.io import list_images
+
+    total = len(list_images(src)) if src.is_dir() else 1
+    t0 = time.perf_counter()
+    with _progress() as progress:
+        task = progress.add_task("lens run", total=total, rate="")
+        done = [0]
+
+        def on_image(rec: dict) -> None:
+            done[0] += 1
+            if rec["status"] != "ok":
+                progress.console.print(f"[red]failed:[/] {escape(str(rec.get('source')))}: {escape(str(rec['error']))}", soft_wrap=True)
+            progress.update(task, advance=1, rate=f"{done[0] / max(1e-9, time.perf_counter() - t0):5.1f} img/s")
+
+        summary = run(src, out, choice.backend, options, info, on_image=on_image, has_residual=has_residual)
+    modes = ", ".join(f"{m} {n}" for m, n in summary["modes"].items() if n)
+    console.print(f"{summary['ok']} corrected ({modes or 'none'}), {len(summary['failed'])} failed, {summary['skipped_resume']} skipped; "
+                  f"{summary['throughput']['images_per_s'] or 0:.2f} images/s -> {escape(str(out))}", soft_wrap=True)
+    if summary["failed"]:
+        raise typer.Exit(1)
+
+
 @app.command()
 def undistort(
     src: Path = typer.Argument(..., help="An image file or a folder of images.", exists=True, show_default=False),
@@ -435,7 +507,7 @@ def export_cmd(
     hardware_compatible: bool = typer.Option(False, help="Build for every Ampere-or-newer GPU."),
 ) -> None:
     """Export a checkpoint to one ONNX graph (model, grid fusion, safety, fallback and
-    GridSample) plus its CPU lattice variant, check both (onnx.checker, symbolic shapes,
+    GridSample) plus its CPU variant (sampling maps for OpenCV), check both (onnx.checker, symbolic shapes,
     ONNX Runtime at two sizes, TensorRT lint), build a TensorRT engine where possible, and
     write manifest.json."""
     _require_torch("export")
@@ -496,76 +568,4 @@ def parity(
         console.print(f"[red]{escape(b)} unavailable:[/] {escape(why)}", soft_wrap=True)
     _write_json(json_out, report)
     if not report["passed"]:
-        raise typer.Exit(1)
-
-
-# ---------------------------------------------------------------- runtime
-
-
-@app.command("run")
-def run_cmd(
-    src: Path = typer.Argument(..., exists=True, help="An image or a folder of images.", show_default=False),
-    out: Path = typer.Argument(..., file_okay=False, help="Output folder (images keep their stem; metadata in `lens-run/`).", show_default=False),
-    build: Optional[Path] = typer.Option(None, exists=True, file_okay=False, help="A `lens export` build folder (default: the embedded default model)."),
-    checkpoint: Optional[Path] = typer.Option(None, exists=True, dir_okay=False, help="Run a checkpoint with the torch backend (needs torch)."),
-    backend: str = typer.Option("auto", help="auto | tensorrt | onnxruntime | torch."),
-    device: str = typer.Option("auto", help="auto | cuda | cpu."),
-    batch: int = typer.Option(1, min=1, help="Images per inference on GPU backends (the CPU infers one image at a time)."),
-    workers: int = typer.Option(0, min=0, help="Worker threads for decode / warp / encode (0: one per CPU core)."),
-    resume: bool = typer.Option(False, help="Skip images whose output and record already exist."),
-    quality: int = typer.Option(95, min=1, max=100, help="JPEG quality (4:4:4 chroma)."),
-    mode: str = typer.Option("auto", help="auto, or force hybrid | param_only | param_only_conservative."),
-) -> None:
-    """Correct a folder of photos with the default model (or a build / checkpoint).
-
-    Chooses TensorRT, ONNX Runtime CUDA or CPU (and says why), checks every warp's safety and
-    falls back hybrid -> param_only -> param_only_conservative, writes each output atomically
-    with its input's size and stem (JPEG 95 4:4:4, PNG stays PNG), and records per-image
-    metadata and a summary in `OUT/lens-run/`. Exit code 1 if any image failed."""
-    import os
-    import time
-
-    from lens.runtime.backends import BackendUnavailable, read_manifest, select_backend
-    from lens.runtime.pipeline import RunOptions, run
-    from lens.runtime.policy import MODES
-
-    if mode != "auto" and mode not in MODES:
-        raise typer.BadParameter(f"choose auto or one of {', '.join(MODES)}", param_hint="--mode")
-    try:
-        choice = select_backend(backend, device, build, checkpoint)
-    except BackendUnavailable as exc:
-        console.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
-        raise typer.Exit(2)
-    console.print(f"backend: {escape(choice.reason)}", soft_wrap=True)
-    info: dict = {"backend": {**choice.backend.describe(), "reason": choice.reason}}
-    has_residual = True
-    if checkpoint is None or build is not None:
-        from lens.runtime.backends import DEFAULT_BUILD
-
-        manifest = read_manifest(build or DEFAULT_BUILD)
-        info["model"] = {"build": str(build or "embedded default"), "checkpoint_sha256": manifest["checkpoint"]["sha256"],
-                         "onnx": manifest["onnx"], "stage": manifest["checkpoint"]["stage"]}
-        info["engines"] = manifest.get("engines", [])
-        has_residual = manifest.get("uses_residual", True)
-    options = RunOptions(batch=batch, workers=workers or (os.cpu_count() or 1), resume=resume, quality=quality,
-                         mode_override=-1 if mode == "auto" else MODES.index(mode))
-    from lens.runtime.io import list_images
-
-    total = len(list_images(src)) if src.is_dir() else 1
-    t0 = time.perf_counter()
-    with _progress() as progress:
-        task = progress.add_task("lens run", total=total, rate="")
-        done = [0]
-
-        def on_image(rec: dict) -> None:
-            done[0] += 1
-            if rec["status"] != "ok":
-                progress.console.print(f"[red]failed:[/] {escape(str(rec.get('source')))}: {escape(str(rec['error']))}", soft_wrap=True)
-            progress.update(task, advance=1, rate=f"{done[0] / max(1e-9, time.perf_counter() - t0):5.1f} img/s")
-
-        summary = run(src, out, choice.backend, options, info, on_image=on_image, has_residual=has_residual)
-    modes = ", ".join(f"{m} {n}" for m, n in summary["modes"].items() if n)
-    console.print(f"{summary['ok']} corrected ({modes or 'none'}), {len(summary['failed'])} failed, {summary['skipped_resume']} skipped; "
-                  f"{summary['throughput']['images_per_s'] or 0:.2f} images/s -> {escape(str(out))}", soft_wrap=True)
-    if summary["failed"]:
         raise typer.Exit(1)
