@@ -32,7 +32,6 @@ from lens.geometry.params import (
     PARAM_BOUNDS,
     PARAM_NAMES,
     LensParams,
-    clamp_to_bounds,
     conservative_params,
 )
 from lens.geometry.safety import SAFETY_STATS, grid_safety_stats, jacobian_determinant, stack_stats
@@ -44,7 +43,6 @@ __all__ = [
     "PARAM_NAMES",
     "SAFETY_STATS",
     "LensParams",
-    "clamp_to_bounds",
     "conservative_params",
     "distort",
     "distortion_grid",

@@ -124,13 +124,6 @@ class LensParams:
         return cls(*(float(v) for v in values))
 
 
-def clamp_to_bounds(params: torch.Tensor) -> torch.Tensor:
-    """Clamp a ``(B, 8)`` tensor to `PARAM_BOUNDS` (export-safe)."""
-    lo = torch.tensor([PARAM_BOUNDS[n][0] for n in PARAM_NAMES], dtype=params.dtype, device=params.device)
-    hi = torch.tensor([PARAM_BOUNDS[n][1] for n in PARAM_NAMES], dtype=params.dtype, device=params.device)
-    return torch.maximum(torch.minimum(params, hi), lo)
-
-
 # The conservative fallback's box. With k3 = p1 = p2 = 0, k1 >= -0.12 and 0 <= k2, the radial
 # map's slope 1 + 3 k1 r^2 + 5 k2 r^4 stays >= 0.48 for r^2 <= 1.44; focal >= 0.8 widths and
 # offsets <= 0.02 keep every corner of frames up to 2:3 portrait inside r^2 = 1.35. A monotonic

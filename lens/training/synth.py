@@ -26,7 +26,6 @@ import torch
 import torch.nn.functional as F
 
 from lens.geometry import (
-    LensParams,
     distortion_points,
     intrinsics_px,
     lattice_points,
@@ -110,7 +109,3 @@ def make_pairs(sources: torch.Tensor, params: torch.Tensor, with_target: bool = 
     grids = pair_grids(params.to(sources.device), height, width, with_target)
     sample = lambda g: F.grid_sample(sources, g, mode="bilinear", padding_mode="border", align_corners=True)  # noqa: E731
     return sample(grids.distorted), (sample(grids.target) if with_target else None)
-
-
-def params_to_records(params: torch.Tensor) -> list[dict[str, float]]:
-    return [LensParams.from_sequence(row.tolist()).as_dict() for row in params]
