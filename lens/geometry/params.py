@@ -34,8 +34,8 @@ from lens.conventions import PARAM_NAMES  # torch-free, shared with the runtime
 
 NUM_PARAMS = len(PARAM_NAMES)
 
-#: Bounds a predicting model is held to (see the table above); `LensParams.validate`
-#: uses the wider physical check only (focal > 0).
+#: Bounds a predicting model is held to (see the table above); `LensParams` itself
+#: checks only what is physical (finite values, focal > 0).
 PARAM_BOUNDS: dict[str, tuple[float, float]] = {
     "k1": (-0.8, 0.8),
     "k2": (-0.8, 1.2),
