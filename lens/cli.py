@@ -82,6 +82,7 @@ def run_cmd(
     resume: bool = typer.Option(False, help="Skip images whose output and record already exist."),
     quality: int = typer.Option(95, min=1, max=100, help="JPEG quality (4:4:4 chroma)."),
     mode: str = typer.Option("auto", help="auto, or force hybrid | param_only | param_only_conservative."),
+    codec: str = typer.Option("auto", help="auto | cpu | gpu: JPEG decode/encode on the GPU needs the torch backend on CUDA and nvImageCodec ('.[gpu-codecs]')."),
 ) -> None:
     """Correct a folder of photos with the default model (or a build / checkpoint).
 
@@ -115,7 +116,15 @@ def run_cmd(
         info["engines"] = manifest.get("engines", [])
         has_residual = manifest.get("uses_residual", True)
     options = RunOptions(batch=batch, workers=workers or (os.cpu_count() or 1), resume=resume, quality=quality,
-                         mode_override=-1 if mode == "auto" else MODES.index(mode))
+                         mode_override=-1 if mode == "auto" else MODES.index(mode), codec=codec)
+    from lens.runtime.pipeline import choose_codec
+
+    try:
+        codec_choice = choose_codec(choice.backend, codec)
+    except BackendUnavailable as exc:
+        console.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
+        raise typer.Exit(2)
+    console.print(f"codec: {escape(codec_choice[1])}", soft_wrap=True)
     from lens.runtime.io import list_images
 
     total = len(list_images(src)) if src.is_dir() else 1
@@ -130,7 +139,7 @@ def run_cmd(
                 progress.console.print(f"[red]failed:[/] {escape(str(rec.get('source')))}: {escape(str(rec['error']))}", soft_wrap=True)
             progress.update(task, advance=1, rate=f"{done[0] / max(1e-9, time.perf_counter() - t0):5.1f} img/s")
 
-        summary = run(src, out, choice.backend, options, info, on_image=on_image, has_residual=has_residual)
+        summary = run(src, out, choice.backend, options, info, on_image=on_image, has_residual=has_residual, codec_choice=codec_choice)
     modes = ", ".join(f"{m} {n}" for m, n in summary["modes"].items() if n)
     console.print(f"{summary['ok']} corrected ({modes or 'none'}), {len(summary['failed'])} failed, {summary['skipped_resume']} skipped; "
                   f"{summary['throughput']['images_per_s'] or 0:.2f} images/s -> {escape(str(out))}", soft_wrap=True)
@@ -305,7 +314,9 @@ def train(
     pool_size: int = typer.Option(512, min=8, help="Rendered training sources."),
     val_size: int = typer.Option(64, min=8),
     val_every: int = typer.Option(200, min=1),
-    backbone: str = typer.Option("small", help="small (CPU) or resnet (GPU); param stage only."),
+    backbone: str = typer.Option("small", help="small (CPU), small-hr (with --input-width 480) or resnet (GPU); param stage only."),
+    input_width: int = typer.Option(240, min=32, help="Model input width (height 2/3 of it); param stage only."),
+    source_width: int = typer.Option(0, min=0, help="Width of the rendered training sources (0: twice the input width)."),
     seed: int = typer.Option(0),
     device: str = typer.Option("cpu", help="cpu or cuda."),
     workers: int = typer.Option(1, min=1, help="Processes rendering the source pool."),
@@ -321,9 +332,10 @@ def train(
     from lens.training.train import train as run_training
 
     try:
+        model = ModelConfig(backbone=backbone, input_height=input_width * 2 // 3, input_width=input_width)
         config = TrainConfig(stage=stage, steps=steps, batch=batch, lr=lr, workload_share=workload_share, pool_size=pool_size,
-                             val_size=val_size, val_every=val_every, seed=seed, device=device, workers=workers,
-                             time_budget_s=minutes * 60, model=ModelConfig(backbone=backbone).to_dict())
+                             source_width=source_width, val_size=val_size, val_every=val_every, seed=seed, device=device,
+                             workers=workers, time_budget_s=minutes * 60, model=model.to_dict())
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     with _progress() as progress:

@@ -207,3 +207,30 @@ def test_cpu_sampling_path_matches_the_graphs_gridsample(width):
         diff = np.abs(ours.astype(int) - corrected.astype(int))
         inner = diff[2:-2, 2:-2]  # GridSample blends with zero padding exactly at the border
         assert (inner > 1).mean() <= 0.001, (name, (inner > 1).mean(), inner.max())
+
+
+def test_codec_choice_is_said_and_gpu_codec_refused_without_a_gpu_backend(tmp_path, photos):
+    result = _run(photos, tmp_path / "out")
+    assert "codec: cpu (onnxruntime on cpu takes host images)" in result.output
+    summary = json.loads((tmp_path / "out" / "lens-run" / "summary.json").read_text())
+    assert summary["codec"].startswith("cpu")
+    refused = _run(photos, tmp_path / "out2", "--codec", "gpu")
+    assert refused.exit_code == 2 and "--codec gpu needs the torch backend on CUDA" in refused.output
+    assert not (tmp_path / "out2").exists()
+
+
+def test_only_complete_rgb_jpegs_are_kept_for_the_gpu_decoder(tmp_path):
+    from lens.runtime.io import read_image
+
+    rgb = _small("rocket.jpg", 64)
+    Image.fromarray(rgb).save(tmp_path / "rgb.jpg", quality=90, exif=Image.Exif().tobytes())
+    Image.fromarray(rgb[..., 0]).save(tmp_path / "grey.jpg", quality=90)
+    Image.fromarray(rgb).save(tmp_path / "rgb.png")
+    (tmp_path / "cut.jpg").write_bytes((tmp_path / "rgb.jpg").read_bytes()[:-200])
+    kept = read_image(tmp_path / "rgb.jpg", keep_jpeg=True)
+    assert kept.pixels is None and kept.encoded == (tmp_path / "rgb.jpg").read_bytes()
+    assert (kept.height, kept.width) == rgb.shape[:2] and kept.exif
+    for name in ("grey.jpg", "rgb.png"):
+        assert read_image(tmp_path / name, keep_jpeg=True).pixels is not None, name
+    with pytest.raises(Exception, match="truncated"):
+        read_image(tmp_path / "cut.jpg", keep_jpeg=True)

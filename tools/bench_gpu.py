@@ -5,16 +5,20 @@ files, same process (issue bars: >= 20x the naive loop, >= 0.5x the decode + enc
 
 - naive loop: Pillow decode, eager torch graph on the GPU (one image), Pillow encode, one
   thread;
-- floor: nvJPEG batch decode + encode of the same files through torchvision (no model, no
-  warp, no file writes): what a GPU pipeline cannot beat;
-- lens: the `lens run` pipeline with the best backend this machine has (TensorRT engine or
-  ONNX Runtime CUDA from a build when available, else the torch backend on CUDA), batch 8.
+- floors: batch GPU decode + encode of the same files with no model, no warp and no file
+  writes, what a GPU pipeline cannot beat: nvImageCodec at lens's output settings (quality 95,
+  4:4:4) and torchvision's nvJPEG (quality 95, its default 4:2:0 chroma, which lens does not
+  write);
+- lens: the `lens run` pipeline with the torch backend on CUDA, with the GPU JPEG codec
+  (`--codec gpu`, batch 16) and with CPU codecs (`--codec cpu`, batch 8), plus the mean
+  per-image stage times from its records.
 
-Needs a CUDA GPU, torch and torchvision.
+Needs a CUDA GPU, torch and torchvision; nvImageCodec for the GPU codec rows.
 """
 from __future__ import annotations
 
 import io
+import json
 import sys
 import tempfile
 import time
@@ -61,6 +65,26 @@ def floor(files: list[Path], batch: int = 16) -> float:
     return len(datas) / (time.perf_counter() - t)
 
 
+def floor_nvimgcodec(files: list[Path], batch: int = 16) -> float:
+    from lens.runtime.gpu_jpeg import GpuJpegCodec
+
+    codec = GpuJpegCodec()
+    datas = [p.read_bytes() for p in files]
+    codec.encode(codec.decode(datas[:2]), 95)  # warm-up
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    for i in range(0, len(datas), batch):
+        codec.encode(codec.decode(datas[i : i + batch]), 95)
+    torch.cuda.synchronize()
+    return len(datas) / (time.perf_counter() - t)
+
+
+def stage_means(out: Path) -> dict[str, float]:
+    records = [json.loads(line) for line in (out / "lens-run" / "images.jsonl").read_text().splitlines()]
+    keys = sorted({k for r in records for k in r.get("timings_ms", {})})
+    return {k: round(float(np.mean([r["timings_ms"][k] for r in records if k in r["timings_ms"]])), 2) for k in keys}
+
+
 def naive(files: list[Path], graph, out: Path) -> float:
     out.mkdir(parents=True, exist_ok=True)
     mode = torch.tensor([-1], device="cuda")
@@ -84,19 +108,39 @@ def naive(files: list[Path], graph, out: Path) -> float:
 
 def main(n_small: int = 96, n_large: int = 32, workers: int = 14) -> None:
     assert torch.cuda.is_available(), "bench_gpu needs a CUDA GPU"
-    print(f"GPU: {torch.cuda.get_device_name(0)}, torch {torch.__version__}, {workers} worker threads")
+    print(f"GPU: {torch.cuda.get_device_name(0)}, torch {torch.__version__}, {workers} worker threads", flush=True)
     backend = TorchBackend(DEFAULT_BUILD / "checkpoint.pt", "cuda")
-    graph = backend.graph
+    results = []
     with tempfile.TemporaryDirectory() as tmp:
         for (w, h), n in (((2048, 1367), n_small), ((4000, 3000), n_large)):
-            files = make_inputs(Path(tmp) / f"in{w}", n, (w, h), workers)
-            run(Path(tmp) / f"in{w}", Path(tmp) / f"warm{w}", backend, RunOptions(batch=8, workers=workers), {})  # warm-up
-            lens_rate = run(Path(tmp) / f"in{w}", Path(tmp) / f"lens{w}", backend, RunOptions(batch=8, workers=workers), {})["throughput"]["images_per_s"]
-            naive_rate = naive(files[: min(12, n)], graph, Path(tmp) / f"naive{w}")
-            floor_rate = floor(files)
-            print(f"{w}x{h}, {n} images: lens run (torch backend, batch 8) {lens_rate:.1f} img/s; naive loop {naive_rate:.1f} img/s; "
-                  f"GPU decode+encode floor {floor_rate:.1f} img/s; lens/naive {lens_rate / naive_rate:.1f}x (bar 20x); "
-                  f"lens/floor {lens_rate / floor_rate:.2f}x (bar 0.5x)", flush=True)
+            src = Path(tmp) / f"in{w}"
+            files = make_inputs(src, n, (w, h), workers)
+            row = {"size": f"{w}x{h}", "images": n}
+            for codec, batch in (("gpu", 16), ("cpu", 8)):
+                try:
+                    options = RunOptions(batch=batch, workers=workers, codec=codec)
+                    run(src, Path(tmp) / f"warm{w}{codec}", backend, options, {})  # warm-up (cudnn autotune, codec init)
+                    out = Path(tmp) / f"lens{w}{codec}"
+                    summary = run(src, out, backend, options, {})
+                    row[f"lens_{codec}_codec"] = summary["throughput"]["images_per_s"]
+                    row[f"stages_{codec}_codec_ms"] = stage_means(out)
+                except Exception as exc:  # report and go on: one missing row must not lose the others
+                    row[f"lens_{codec}_codec"] = f"failed: {type(exc).__name__}: {exc}"
+            row["naive"] = naive(files[: min(12, n)], backend.graph, Path(tmp) / f"naive{w}")
+            row["floor_torchvision_420"] = floor(files)
+            try:
+                row["floor_nvimgcodec_444"] = floor_nvimgcodec(files)
+            except Exception as exc:
+                row["floor_nvimgcodec_444"] = f"failed: {type(exc).__name__}: {exc}"
+            best = max((v for k, v in row.items() if k.startswith("lens_") and isinstance(v, float)), default=None)
+            if best:
+                row["lens_over_naive"] = round(best / row["naive"], 2)
+                for k in ("floor_torchvision_420", "floor_nvimgcodec_444"):
+                    if isinstance(row[k], float):
+                        row[f"lens_over_{k}"] = round(best / row[k], 3)
+            print(json.dumps(row), flush=True)
+            results.append(row)
+    return results
 
 
 if __name__ == "__main__":

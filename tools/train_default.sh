@@ -1,12 +1,20 @@
 #!/usr/bin/env bash
-# The exact commands that trained the shipped default model (MODEL_CARD.md).
+# The exact commands that trained the shipped default model (MODEL_CARD.md): three stages, each
+# for a wall-clock budget in minutes.
 #   tools/train_default.sh RUN_DIR DEVICE [MINUTES_PARAM MINUTES_HYBRID MINUTES_FINETUNE]
-# On a GPU: tools/train_default.sh runs/default cuda 4 1 0.75
+# Model and data through the environment (defaults in brackets): BACKBONE [small],
+# INPUT_WIDTH [240], SOURCE_WIDTH [0: twice the input width], POOL [3000] sources for the
+# param stage, STAGE_POOL [POOL] for the two later ones, BATCH [128], WORKERS [cores - 2].
+# On a GPU: BACKBONE=small-hr INPUT_WIDTH=480 SOURCE_WIDTH=1280 tools/train_default.sh runs/hr cuda 4 0.6 0.4
 set -euo pipefail
 RUN=${1:?run dir}; DEVICE=${2:-cpu}
 M1=${3:-0}; M2=${4:-0}; M3=${5:-0}
-WORKERS=$(( $(nproc) > 2 ? $(nproc) - 2 : 1 ))
-common=(--run "$RUN" --device "$DEVICE" --workers "$WORKERS" --pool-size 3000 --batch 128 --val-size 256 --val-every 500 --steps 1000000 --seed 0)
-python -m lens train --stage param    "${common[@]}" --minutes "$M1" --lr 1e-3
-python -m lens train --stage hybrid   "${common[@]}" --minutes "$M2" --lr 3e-4
-python -m lens train --stage finetune "${common[@]}" --minutes "$M3" --lr 1e-4
+PY=${PYTHON:-python3}
+POOL=${POOL:-3000}; STAGE_POOL=${STAGE_POOL:-$POOL}
+WORKERS=${WORKERS:-$(( $(nproc) > 2 ? $(nproc) - 2 : 1 ))}
+common=(--run "$RUN" --device "$DEVICE" --workers "$WORKERS" --batch "${BATCH:-128}" --val-size 256 --val-every 250
+        --steps 1000000 --seed 0 --source-width "${SOURCE_WIDTH:-0}")
+"$PY" -m lens train --stage param    "${common[@]}" --pool-size "$POOL" --minutes "$M1" --lr 1e-3 \
+      --backbone "${BACKBONE:-small}" --input-width "${INPUT_WIDTH:-240}"
+"$PY" -m lens train --stage hybrid   "${common[@]}" --pool-size "$STAGE_POOL" --minutes "$M2" --lr 3e-4
+"$PY" -m lens train --stage finetune "${common[@]}" --pool-size "$STAGE_POOL" --minutes "$M3" --lr 1e-4

@@ -46,6 +46,7 @@ class Backend:
     device = "cpu"
     samples_on_device = False  # True: outputs "corrected"; False: outputs "maps"
     batch_invariant = True  # results for an image do not depend on what else is in its batch
+    device_resident = False  # True: takes and returns GPU tensors (`TorchBackend.infer_device`)
 
     def infer(self, images: np.ndarray, mode_override: int = -1) -> dict[str, np.ndarray]:
         raise NotImplementedError
@@ -152,6 +153,11 @@ class TorchBackend(Backend):
         self.graph = LensGraph(model_from_checkpoint(ckpt), sample_image=self.samples_on_device, use_residual=ckpt["stage"] != "param").eval().to(device)
         self.names = ("params", "flow", "safety", "mode", "violations", "corrected" if self.samples_on_device else "maps")
         self.lock = threading.Lock()
+        # On CUDA the pipeline hands over GPU tensors (`infer_device`) or channels-last host
+        # batches (`infer_hwc`): no CPU transposes, and uint8 (not float) crosses PCIe.
+        self.device_resident = device == "cuda"
+        if self.device_resident:
+            torch.backends.cudnn.benchmark = True
 
     def infer(self, images, mode_override=-1):
         t = self.torch
@@ -159,6 +165,27 @@ class TorchBackend(Backend):
             x = t.from_numpy(images).to(self.device)
             outs = self.graph(x, t.full((images.shape[0],), mode_override, dtype=t.int64, device=self.device))
         return {n: o.cpu().numpy() for n, o in zip(self.names, outs)}
+
+    def infer_device(self, images, mode_override=-1) -> dict:
+        """``(B, 3, H, W)`` uint8 CUDA tensor (any strides) -> outputs as CUDA tensors. The
+        caller holds ``self.lock``."""
+        t = self.torch
+        with t.no_grad():
+            outs = self.graph(images, t.full((images.shape[0],), mode_override, dtype=t.int64, device=images.device))
+        return dict(zip(self.names, outs))
+
+    def infer_hwc(self, images, mode_override=-1):
+        """``(B, H, W, 3)`` uint8 host batch -> host outputs, ``corrected_hwc`` ``(B, H, W, 3)``
+        (CUDA only)."""
+        t = self.torch
+        with self.lock:
+            x = t.from_numpy(images)
+            if self.device == "cuda":  # pinned: the copy runs at full PCIe speed
+                x = x.pin_memory()
+            x = x.to(self.device, non_blocking=True).permute(0, 3, 1, 2)
+            out = self.infer_device(x, mode_override)
+            out["corrected_hwc"] = out.pop("corrected").permute(0, 2, 3, 1).contiguous()
+            return {k: v.cpu().numpy() for k, v in out.items()}
 
 
 def _gpu_visible() -> bool:
@@ -199,9 +226,15 @@ def select_backend(backend: str, device: str, build: Path | None, checkpoint: Pa
         try:
             return Choice(OnnxRuntimeBackend(build, "cuda"), "onnxruntime CUDA provider" + (f": {'; '.join(why_not)}" if why_not else ""))
         except BackendUnavailable as exc:
-            if device == "cuda":
+            if backend == "onnxruntime" and device == "cuda":
                 raise
             why_not.append(f"no CUDA provider ({exc})")
+        # A GPU with a CUDA torch but neither TensorRT nor onnxruntime-gpu: the reference
+        # graph on the GPU beats the CPU by far.
+        if backend == "auto" and (build / "checkpoint.pt").is_file() and _torch_cuda():
+            return Choice(TorchBackend(build / "checkpoint.pt", "cuda"), "torch on cuda: " + "; ".join(why_not))
+        if device == "cuda":
+            raise BackendUnavailable("; ".join(why_not))
     reason = "onnxruntime on the CPU" + (": " + "; ".join(why_not) if why_not else ": no GPU visible" if device == "auto" else "")
     return Choice(OnnxRuntimeBackend(build, "cpu"), reason)
 

@@ -51,17 +51,20 @@ class ImageReadError(Exception):
 class DecodedImage:
     """Pixels ``(H, W, C)`` uint8 with C in {1, 3, 4}, plus what the writer carries over."""
 
-    pixels: np.ndarray
+    pixels: np.ndarray | None
     exif: bytes | None = None
     icc_profile: bytes | None = None
+    # For a GPU decoder (`lens.runtime.gpu_jpeg`): the file's bytes and (H, W), pixels None.
+    encoded: bytes | None = None
+    encoded_size: tuple[int, int] | None = None
 
     @property
     def height(self) -> int:
-        return self.pixels.shape[0]
+        return self.pixels.shape[0] if self.pixels is not None else self.encoded_size[0]
 
     @property
     def width(self) -> int:
-        return self.pixels.shape[1]
+        return self.pixels.shape[1] if self.pixels is not None else self.encoded_size[1]
 
 
 def _to_uint8_array(img: Image.Image) -> np.ndarray:
@@ -100,8 +103,10 @@ def _fast_decode(path: Path, fmt: str | None, mode: str) -> np.ndarray | None:
     return pixels[..., None] if pixels.ndim == 2 else cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB)
 
 
-def read_image(path: str | os.PathLike) -> DecodedImage:
-    """Decode ``path`` or raise `ImageReadError` saying why not."""
+def read_image(path: str | os.PathLike, keep_jpeg: bool = False) -> DecodedImage:
+    """Decode ``path`` or raise `ImageReadError` saying why not. With ``keep_jpeg``, a file
+    that `lens.runtime.gpu_jpeg.device_decodable` accepts is checked but not decoded: the
+    result holds its bytes (``encoded``) for the GPU decoder."""
     path = Path(path)
     try:
         size = path.stat().st_size
@@ -120,6 +125,12 @@ def read_image(path: str | os.PathLike) -> DecodedImage:
                     raise ImageReadError(path, f"image too small to warp: {w}x{h}")
                 exif = img.info.get("exif")
                 icc = img.info.get("icc_profile")
+                if keep_jpeg:
+                    from lens.runtime.gpu_jpeg import device_decodable
+
+                    data = path.read_bytes()
+                    if device_decodable(path, img.format, img.mode, data):
+                        return DecodedImage(None, exif=exif, icc_profile=icc, encoded=data, encoded_size=(h, w))
                 pixels = _fast_decode(path, img.format, img.mode)
                 if pixels is None:
                     img.load()
@@ -161,11 +172,15 @@ def _encode_jpeg_opencv(pixels: np.ndarray, exif: bytes | None, icc: bytes | Non
     ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, quality, cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444])
     if not ok:
         raise ValueError("JPEG encoding failed")
-    data = buf.tobytes()
+    return splice_jpeg_metadata(buf.tobytes(), exif, icc)
+
+
+def splice_jpeg_metadata(data: bytes, exif: bytes | None, icc: bytes | None) -> bytes:
+    """``data`` (a JPEG from an encoder that writes no EXIF/ICC) with them inserted."""
     extra = _jpeg_segments(exif, icc)
     if not extra:
         return data
-    # After SOI and OpenCV's JFIF APP0, as Pillow would place them.
+    # After SOI and the encoder's JFIF APP0, as Pillow would place them.
     pos = 2
     if data[2:4] == b"\xff\xe0":
         pos = 4 + int.from_bytes(data[4:6], "big")

@@ -26,7 +26,7 @@ import numpy as np
 
 from lens.conventions import PARAM_NAMES, SAFETY_STATS
 from lens.runtime.backends import Backend
-from lens.runtime.io import DecodedImage, ImageReadError, encode_image, list_images, output_format, read_image, write_atomic
+from lens.runtime.io import DecodedImage, ImageReadError, encode_image, list_images, output_format, read_image, splice_jpeg_metadata, write_atomic
 from lens.runtime.metadata import IMAGES_FILE, RUN_DIR, SUMMARY_FILE
 from lens.runtime.policy import MODES, SafetyThresholds, reasons_from_masks, violations
 from lens.runtime.sampling import warp_with_maps
@@ -39,6 +39,7 @@ class RunOptions:
     resume: bool = False
     quality: int = 95
     mode_override: int = -1  # -1 automatic, else an index into MODES
+    codec: str = "auto"  # auto | cpu | gpu: where JPEGs are decoded and encoded (`choose_codec`)
 
 
 @dataclass
@@ -89,23 +90,23 @@ def _clean_stale_temporaries(out: Path) -> int:
     return n
 
 
-def _decode(job: Job) -> Job:
+def _decode(job: Job, keep_jpeg: bool = False) -> Job:
     t = time.perf_counter()
     try:
-        job.image = read_image(job.source)
+        job.image = read_image(job.source, keep_jpeg)
     except ImageReadError as exc:
         job.error = exc.reason
     job.timings["decode_ms"] = (time.perf_counter() - t) * 1e3
     return job
 
 
+def _rgb(job: Job) -> np.ndarray:
+    px = job.image.pixels
+    return np.repeat(px, 3, axis=2) if px.shape[2] == 1 else px[..., :3]
+
+
 def _rgb_batch(jobs: list[Job]) -> np.ndarray:
-    planes = []
-    for j in jobs:
-        px = j.image.pixels
-        rgb = np.repeat(px, 3, axis=2) if px.shape[2] == 1 else px[..., :3]
-        planes.append(np.ascontiguousarray(rgb.transpose(2, 0, 1)))
-    return np.stack(planes)
+    return np.stack([np.ascontiguousarray(_rgb(j).transpose(2, 0, 1)) for j in jobs])
 
 
 def _max_displacement(maps: np.ndarray) -> float:
@@ -115,27 +116,64 @@ def _max_displacement(maps: np.ndarray) -> float:
     return float(np.sqrt((sub[0] - u) ** 2 + (sub[1] - v) ** 2).max())
 
 
+def choose_codec(backend: Backend, wanted: str):
+    """(GpuJpegCodec or None, one line saying which codec and why). ``auto`` takes the GPU
+    codec when the backend keeps images on the GPU and nvImageCodec starts."""
+    from lens.runtime.backends import BackendUnavailable
+    from lens.runtime.gpu_jpeg import GpuJpegCodec, GpuJpegUnavailable
+
+    if wanted not in ("auto", "cpu", "gpu"):
+        raise BackendUnavailable(f"unknown codec {wanted!r}: choose auto, cpu or gpu")
+    if wanted == "cpu":
+        return None, "cpu (asked for)"
+    if not backend.device_resident:
+        if wanted == "gpu":
+            raise BackendUnavailable(f"--codec gpu needs the torch backend on CUDA, not {backend.name} on {backend.device}")
+        return None, f"cpu ({backend.name} on {backend.device} takes host images)"
+    try:
+        return GpuJpegCodec(), "gpu: nvImageCodec decodes and encodes RGB JPEGs on the GPU"
+    except GpuJpegUnavailable as exc:
+        if wanted == "gpu":
+            raise BackendUnavailable(str(exc)) from None
+        return None, f"cpu ({exc})"
+
+
 class Runner:
-    def __init__(self, backend: Backend, options: RunOptions, thresholds: SafetyThresholds = SafetyThresholds(), has_residual: bool = True):
+    def __init__(self, backend: Backend, options: RunOptions, thresholds: SafetyThresholds = SafetyThresholds(), has_residual: bool = True,
+                 codec=None):
+        self.codec = codec
         self.backend = backend
         self.options = options
         self.t = thresholds
         self.has_residual = has_residual
 
+    def _record(self, job: Job, out: dict[str, np.ndarray], i: int, displacement: float | None) -> dict:
+        mode = int(out["mode"][i])
+        safety = {m: dict(zip(SAFETY_STATS, map(float, out["safety"][i][k]))) for k, m in enumerate(MODES)}
+        unsafe = violations(safety[MODES[mode]], self.t, check_residual=mode == 0)
+        notes = ["alpha_dropped"] if job.image.pixels is not None and job.image.pixels.shape[2] == 4 else []
+        return {
+            "id": job.image_id, "source": str(job.source), "output": str(job.output), "status": "ok", "error": None,
+            "size": [job.image.width, job.image.height], "mode": MODES[mode],
+            "reasons": reasons_from_masks(mode, int(out["violations"][i][0]), int(out["violations"][i][1]), self.has_residual)
+            + (["forced"] if self.options.mode_override >= 0 else []),
+            "params": dict(zip(PARAM_NAMES, map(float, out["params"][i]))),
+            "safety": safety, "hard_unsafe": bool(unsafe), "unsafe_reasons": unsafe, "notes": notes,
+            "max_displacement_px": displacement, "timings_ms": {k: round(v, 2) for k, v in job.timings.items()},
+        }
+
     def _finish(self, jobs: list[Job], out: dict[str, np.ndarray]) -> list[dict]:
         records = []
         for i, job in enumerate(jobs):
             t = time.perf_counter()
-            mode = int(out["mode"][i])
             if "maps" in out:
                 maps = out["maps"][i]
-                channels = job.image.pixels
-                rgb = np.repeat(channels, 3, axis=2) if channels.shape[2] == 1 else channels[..., :3]
-                warped = warp_with_maps(rgb, maps[0], maps[1])
+                warped = warp_with_maps(_rgb(job), maps[0], maps[1])
                 displacement = _max_displacement(maps)
+            elif "corrected_hwc" in out:
+                warped, displacement = out["corrected_hwc"][i], None
             else:
-                warped = np.ascontiguousarray(out["corrected"][i].transpose(1, 2, 0))
-                displacement = None
+                warped, displacement = np.ascontiguousarray(out["corrected"][i].transpose(1, 2, 0)), None
             if job.image.pixels.shape[2] == 1:  # greyscale in, greyscale out
                 warped = warped[..., :1]
             job.timings["warp_ms"] = (time.perf_counter() - t) * 1e3
@@ -144,35 +182,73 @@ class Runner:
             data = encode_image(result, output_format(job.output), self.options.quality)
             write_atomic(job.output, data)
             job.timings["encode_ms"] = (time.perf_counter() - t) * 1e3
-            safety = {m: dict(zip(SAFETY_STATS, map(float, out["safety"][i][k]))) for k, m in enumerate(MODES)}
-            applied = safety[MODES[mode]]
-            unsafe = violations(applied, self.t, check_residual=mode == 0)
-            notes = ["alpha_dropped"] if job.image.pixels.shape[2] == 4 else []
-            records.append({
-                "id": job.image_id, "source": str(job.source), "output": str(job.output), "status": "ok", "error": None,
-                "size": [job.image.width, job.image.height], "mode": MODES[mode],
-                "reasons": reasons_from_masks(mode, int(out["violations"][i][0]), int(out["violations"][i][1]), self.has_residual)
-                + (["forced"] if self.options.mode_override >= 0 else []),
-                "params": dict(zip(PARAM_NAMES, map(float, out["params"][i]))),
-                "safety": safety, "hard_unsafe": bool(unsafe), "unsafe_reasons": unsafe, "notes": notes,
-                "max_displacement_px": displacement, "timings_ms": {k: round(v, 2) for k, v in job.timings.items()},
-            })
+            records.append(self._record(job, out, i, displacement))
             job.image = None  # free the pixels as soon as the file is written
+        return records
+
+    def _process_on_device(self, jobs: list[Job]) -> list[dict]:
+        """GPU-resident path (`lens.runtime.gpu_jpeg`): decode, infer, warp and encode without
+        the pixels leaving the GPU. A file the GPU decoder refuses is decoded on the CPU."""
+        import torch
+
+        records = []
+        t = time.perf_counter()
+        with self.backend.lock:
+            tensors = self.codec.decode([j.image.encoded for j in jobs])
+            t_dec = time.perf_counter()
+            keep = []
+            for job, tensor in zip(jobs, tensors):
+                if tensor is None:
+                    try:
+                        pixels = read_image(job.source).pixels
+                        tensor = torch.from_numpy(np.repeat(pixels, 3, axis=2) if pixels.shape[2] == 1 else pixels[..., :3]).to(self.backend.device)
+                    except ImageReadError as exc:
+                        job.error = exc.reason
+                        records.append(failure_record(job))
+                        continue
+                keep.append((job, tensor))
+            if not keep:
+                return records
+            jobs = [j for j, _ in keep]
+            batch = torch.stack([x for _, x in keep]).permute(0, 3, 1, 2)
+            out = self.backend.infer_device(batch, self.options.mode_override)
+            corrected = out.pop("corrected").permute(0, 2, 3, 1).contiguous()  # (B, H, W, 3) for the encoder
+            t_inf = time.perf_counter()
+            datas = self.codec.encode(list(corrected.unbind(0)), self.options.quality)
+            host = {k: v.cpu().numpy() for k, v in out.items()}
+        t_enc = time.perf_counter()
+        n = len(jobs)
+        for i, (job, data) in enumerate(zip(jobs, datas)):
+            job.timings.update(gpu_decode_ms=(t_dec - t) * 1e3 / n, infer_ms=(t_inf - t_dec) * 1e3 / n, gpu_encode_ms=(t_enc - t_inf) * 1e3 / n)
+            t_w = time.perf_counter()
+            write_atomic(job.output, splice_jpeg_metadata(data, job.image.exif, job.image.icc_profile))
+            job.timings["write_ms"] = (time.perf_counter() - t_w) * 1e3
+            records.append(self._record(job, host, i, None))
+            job.image = None
         return records
 
     def process(self, jobs: list[Job]) -> list[dict]:
         """Infer, warp, encode and write one same-size batch; per-image records."""
+        if jobs[0].image.encoded is not None:
+            return self._process_on_device(jobs)
         t = time.perf_counter()
-        batch = _rgb_batch(jobs)
-        if self.backend.batch_invariant or len(jobs) == 1:
+        if self.backend.device_resident:  # channels-last upload; the GPU transposes
+            out = self.backend.infer_hwc(np.stack([_rgb(j) for j in jobs]), self.options.mode_override)
+        elif self.backend.batch_invariant or len(jobs) == 1:
+            batch = _rgb_batch(jobs)
             parts = [self.backend.infer(batch[i : i + 1], self.options.mode_override) for i in range(len(jobs))]
             out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
         else:
-            out = self.backend.infer(batch, self.options.mode_override)
+            out = self.backend.infer(_rgb_batch(jobs), self.options.mode_override)
         per_image = (time.perf_counter() - t) * 1e3 / len(jobs)
         for j in jobs:
             j.timings["infer_ms"] = per_image
         return self._finish(jobs, out)
+
+
+def failure_record(job: Job) -> dict:
+    return {"id": job.image_id, "source": str(job.source), "output": None, "status": "failed", "error": job.error,
+            "mode": None, "reasons": [], "hard_unsafe": False, "timings_ms": job.timings}
 
 
 def _batches(decoded: Iterator[Job], size: int, failed: Callable[[Job], None]) -> Iterator[list[Job]]:
@@ -182,7 +258,7 @@ def _batches(decoded: Iterator[Job], size: int, failed: Callable[[Job], None]) -
         if job.error:
             failed(job)
             continue
-        key = job.image.pixels.shape[:2]
+        key = (job.image.encoded is not None, job.image.height, job.image.width)
         pending.setdefault(key, []).append(job)
         if len(pending[key]) >= size:
             yield pending.pop(key)
@@ -190,8 +266,9 @@ def _batches(decoded: Iterator[Job], size: int, failed: Callable[[Job], None]) -
 
 
 def run(src: Path, out: Path, backend: Backend, options: RunOptions, info: dict,
-        on_image: Callable[[dict], None] | None = None, has_residual: bool = True) -> dict:
-    """Correct every image of ``src`` into ``out``; returns the run summary."""
+        on_image: Callable[[dict], None] | None = None, has_residual: bool = True, codec_choice: tuple | None = None) -> dict:
+    """Correct every image of ``src`` into ``out``; returns the run summary. ``codec_choice``:
+    a `choose_codec` result already made (default: made here from ``options.codec``)."""
     out.mkdir(parents=True, exist_ok=True)
     run_dir = out / RUN_DIR
     run_dir.mkdir(exist_ok=True)
@@ -214,12 +291,12 @@ def run(src: Path, out: Path, backend: Backend, options: RunOptions, info: dict,
             on_image(rec)
 
     def failed(job: Job) -> None:
-        record({"id": job.image_id, "source": str(job.source), "output": None, "status": "failed", "error": job.error,
-                "mode": None, "reasons": [], "hard_unsafe": False, "timings_ms": job.timings})
+        record(failure_record(job))
 
     for r in refused:
         record(r)
-    runner = Runner(backend, options, has_residual=has_residual)
+    codec, codec_reason = codec_choice or choose_codec(backend, options.codec)
+    runner = Runner(backend, options, has_residual=has_residual, codec=codec)
     t0 = time.perf_counter()
     workers = max(1, options.workers)
     try:
@@ -230,7 +307,7 @@ def run(src: Path, out: Path, backend: Backend, options: RunOptions, info: dict,
 
             def decoded() -> Iterator[Job]:
                 for job in it:  # keep a bounded window of decodes in flight
-                    decode_futures.append(pool.submit(_decode, job))
+                    decode_futures.append(pool.submit(_decode, job, codec is not None))
                     if len(decode_futures) >= window:
                         yield decode_futures.pop(0).result()
                 while decode_futures:
@@ -269,6 +346,7 @@ def run(src: Path, out: Path, backend: Backend, options: RunOptions, info: dict,
         "modes": {m: sum(r.get("mode") == m for r in ordered) for m in MODES},
         "hard_unsafe": [r["id"] for r in ordered if r.get("hard_unsafe")],
         "throughput": {"images": len(ok_now), "wall_s": round(wall, 3), "images_per_s": round(len(ok_now) / wall, 3) if wall > 0 else None},
+        "codec": codec_reason,
         "options": {"batch": options.batch, "workers": options.workers, "quality": options.quality,
                     "mode": "auto" if options.mode_override < 0 else MODES[options.mode_override]},
         **info,

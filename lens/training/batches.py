@@ -34,17 +34,24 @@ def load_photo(name: str) -> np.ndarray:
     return cv2.cvtColor(cv2.imread(str(PHOTO_DIR / name)), cv2.COLOR_BGR2RGB)
 
 
-def _render(seed: int) -> np.ndarray:
-    return render_scene(seed, SOURCE_H, SOURCE_W)
+def _render(seed_and_width: tuple[int, int]) -> np.ndarray:
+    seed, width = seed_and_width
+    return render_scene(seed, source_height(width), width)
 
 
-def build_pool(count: int, seed: int, photos: tuple[str, ...], validation: bool = False, workers: int = 1) -> list[np.ndarray]:
-    """``count`` RGB sources at SOURCE_W x SOURCE_H: scenes, and each photo every 8th slot.
-    Scenes depend only on their seeds, so ``workers`` processes give the same pool."""
+def source_height(width: int) -> int:
+    return width * SOURCE_H // SOURCE_W
+
+
+def build_pool(count: int, seed: int, photos: tuple[str, ...], validation: bool = False, workers: int = 1,
+               width: int = SOURCE_W) -> list[np.ndarray]:
+    """``count`` RGB sources, ``width`` x 2/3 of it: scenes, and each photo every 8th slot.
+    Scenes depend only on their seeds, so ``workers`` processes give the same pool. A model
+    with a larger input needs larger sources (`to_model_input` first halves the image)."""
     images = [load_photo(n) for n in photos]
     base = VAL_SEED_BASE if validation else 0
     photo_slots = {i for i in range(count) if images and i % 8 == 7}
-    seeds = [base + seed * 100_003 + i for i in range(count) if i not in photo_slots]
+    seeds = [(base + seed * 100_003 + i, width) for i in range(count) if i not in photo_slots]
     if workers > 1:
         from concurrent.futures import ProcessPoolExecutor
 
@@ -55,7 +62,7 @@ def build_pool(count: int, seed: int, photos: tuple[str, ...], validation: bool 
     pool = []
     for i in range(count):
         if i in photo_slots:
-            pool.append(cv2.resize(images[(i // 8) % len(images)], (SOURCE_W, SOURCE_H), interpolation=cv2.INTER_AREA))
+            pool.append(cv2.resize(images[(i // 8) % len(images)], (width, source_height(width)), interpolation=cv2.INTER_AREA))
         else:
             pool.append(next(scenes))
     return pool
@@ -77,24 +84,46 @@ class Batch:
     targets: torch.Tensor | None = None  # (B, 3, H, W) corrected targets, when asked for
 
 
-def draw_batch(pool: list[np.ndarray], batch: int, rng: np.random.Generator, workload_share: float,
+def pool_on_device(pool: list[np.ndarray], device: str | torch.device) -> torch.Tensor:
+    """The pool as one ``(N, 3, H, W)`` uint8 tensor on ``device`` (a GPU): `draw_batch` then
+    assembles batches there, without the CPU (which limited a GPU run to ~500 pairs/s)."""
+    return torch.from_numpy(np.stack(pool)).permute(0, 3, 1, 2).contiguous().to(device)
+
+
+def _sources_on_device(pool: torch.Tensor, batch: int, rng: np.random.Generator, portrait: bool, h: int, w: int) -> torch.Tensor:
+    idx = torch.from_numpy(rng.integers(0, pool.shape[0], size=batch)).to(pool.device)
+    flip = torch.from_numpy(rng.random(batch) < 0.5).to(pool.device).reshape(-1, 1, 1, 1)
+    imgs = pool[idx]
+    if portrait:
+        imgs = torch.rot90(imgs, 1, dims=(2, 3))
+    imgs = torch.where(flip, imgs.flip(3), imgs).float()
+    if imgs.shape[-2:] != (h, w):
+        imgs = torch.nn.functional.interpolate(imgs, size=(h, w), mode="bilinear", antialias=True, align_corners=False)
+    return imgs
+
+
+def draw_batch(pool: list[np.ndarray] | torch.Tensor, batch: int, rng: np.random.Generator, workload_share: float,
                with_targets: bool = False, device: str | torch.device = "cpu") -> Batch:
     """One batch with a single aspect ratio; regimes mixed by ``workload_share``. The pairs
-    are synthesised on ``device``."""
+    are synthesised on ``device``; a tensor ``pool`` (`pool_on_device`) is sampled there too."""
     aspects, weights = zip(*ASPECTS)
     aspect = aspects[int(rng.choice(len(aspects), p=np.array(weights) / sum(weights)))]
     portrait = aspect > 1
-    w = SOURCE_W if not portrait else SOURCE_H
+    src_h, src_w = pool.shape[-2:] if isinstance(pool, torch.Tensor) else pool[0].shape[:2]
+    w = src_w if not portrait else src_h
     h = int(round(w * aspect))
-    srcs = []
-    for idx in rng.integers(0, len(pool), size=batch):
-        img = pool[int(idx)]
-        if portrait:
-            img = np.ascontiguousarray(np.rot90(img))
-        if rng.random() < 0.5:
-            img = img[:, ::-1]
-        srcs.append(cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA))
-    sources = torch.from_numpy(np.stack(srcs)).to(device).permute(0, 3, 1, 2).float()
+    if isinstance(pool, torch.Tensor):
+        sources = _sources_on_device(pool, batch, rng, portrait, h, w)
+    else:
+        srcs = []
+        for idx in rng.integers(0, len(pool), size=batch):
+            img = pool[int(idx)]
+            if portrait:
+                img = np.ascontiguousarray(np.rot90(img))
+            if rng.random() < 0.5:
+                img = img[:, ::-1]
+            srcs.append(cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA))
+        sources = torch.from_numpy(np.stack(srcs)).to(device).permute(0, 3, 1, 2).float()
     n_work = int(rng.binomial(batch, workload_share))
     params = torch.cat([sample_params("workload", n_work, rng, h, w), sample_params("general", batch - n_work, rng, h, w)])
     params = params[torch.from_numpy(rng.permutation(batch))]

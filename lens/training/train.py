@@ -14,6 +14,7 @@ config gives the same weights.
 """
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -22,10 +23,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lens.training.batches import VAL_PHOTOS, TRAIN_PHOTOS, Batch, build_pool, draw_batch, fingerprint
+from lens.training.batches import TRAIN_PHOTOS, VAL_PHOTOS, Batch, build_pool, draw_batch, fingerprint, pool_on_device
 from lens.training.checkpoint import PARENT_STAGE, STAGES, git_commit, load_checkpoint, model_from_checkpoint, save_checkpoint, sha256_file
 from lens.training.losses import endpoint_error, foldover_penalty, reference_size, smoothness, warp_points
 from lens.training.model import LensNet, ModelConfig, to_model_input
+
+
+#: One line per validation in each stage folder: step, pairs seen, elapsed time, losses.
+HISTORY_FILE = "history.jsonl"
 
 
 @dataclass
@@ -37,6 +42,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     workload_share: float = 0.5  # share of each batch drawn from the workload regime
     pool_size: int = 512  # rendered training sources
+    source_width: int = 0  # their width in pixels; 0: twice the model's input width
     val_size: int = 64  # validation pairs (held-out scenes and photo), drawn once
     val_every: int = 200
     checkpoint_every: int = 100
@@ -90,6 +96,7 @@ def train(config: TrainConfig, run_dir: str | Path, parent: str | Path | None = 
     stages. ``on_step(step, loss, samples_per_s)`` reports progress."""
     run_dir = Path(run_dir)
     stage_dir = run_dir / config.stage
+    stage_dir.mkdir(parents=True, exist_ok=True)
     last_path, best_path = stage_dir / "last.pt", stage_dir / "best.pt"
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -126,11 +133,15 @@ def train(config: TrainConfig, run_dir: str | Path, parent: str | Path | None = 
 
     sched = torch.optim.lr_scheduler.LambdaLR(optim, lr_factor)
 
-    pool = build_pool(config.pool_size, config.seed, TRAIN_PHOTOS, workers=config.workers)
+    src_w = config.source_width or 2 * model.config.input_width
+    pool = build_pool(config.pool_size, config.seed, TRAIN_PHOTOS, workers=config.workers, width=src_w)
     val_rng = np.random.default_rng(config.seed + 1)
-    val_pool = build_pool(max(16, config.val_size // 2), config.seed, VAL_PHOTOS, validation=True, workers=config.workers)
+    val_pool = build_pool(max(16, config.val_size // 2), config.seed, VAL_PHOTOS, validation=True, workers=config.workers, width=src_w)
     val_batches = [draw_batch(val_pool, min(32, config.val_size), val_rng, 0.5, device=device) for _ in range(max(1, config.val_size // 32))]
     data_fp = fingerprint(pool)
+    if device.type == "cuda":
+        pool = pool_on_device(pool, device)
+    clock["start"] = time.perf_counter()  # the budget is training time, not pool rendering
 
     step, best = 0, float("inf")
     if resume and last_path.exists():
@@ -178,6 +189,9 @@ def train(config: TrainConfig, run_dir: str | Path, parent: str | Path | None = 
         finished = step == config.steps or progress(step) >= 1.0
         if step % config.val_every == 0 or finished:
             metrics = evaluate_batches(model, val_batches, use_flow)
+            with open(stage_dir / HISTORY_FILE, "a") as fh:  # the error-versus-time curve
+                fh.write(json.dumps({"step": step, "pairs": step * config.batch, "elapsed_s": round(clock["offset"] + time.perf_counter() - clock["start"], 1),
+                                     "train_loss": round(loss.item(), 4), **{k: round(v, 4) for k, v in metrics.items()}}) + "\n")
             if metrics["epe_mean"] < best:
                 best = metrics["epe_mean"]
                 save_checkpoint(best_path, payload("best", metrics))

@@ -1,0 +1,87 @@
+"""JPEG decode and encode on the GPU with nvImageCodec (optional extra ``gpu-codecs``).
+
+With a CUDA build of torch and nvImageCodec installed, RGB JPEG inputs are decoded straight
+into GPU memory and the corrected images are encoded there (quality 95, 4:4:4 like the CPU
+writer): pixels never cross PCIe, and the CPU only reads and writes files. nvImageCodec is
+NVIDIA's maintained codec library (nvJPEG, including the hardware JPEG engines of A100/H100
+class GPUs) with a Python API that exchanges buffers with torch through DLPack; torchvision's
+GPU encoder cannot write 4:4:4 chroma.
+
+Which files take this path (`device_decodable`): baseline or progressive 8-bit 3-channel
+JPEGs that end in their EOI marker. Everything else (greyscale, CMYK, PNG, truncated files,
+16-bit...) is decoded on the CPU as before (`lens.runtime.io.read_image`), which also names
+what is wrong with a bad file. Pixels are kept in their stored orientation (EXIF orientation
+is not applied, as on the CPU path) and EXIF and ICC are copied into the output.
+"""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+
+class GpuJpegUnavailable(RuntimeError):
+    pass
+
+
+def _bytes_of(code_stream) -> bytes:
+    try:
+        return bytes(memoryview(code_stream))
+    except TypeError:
+        return bytes(code_stream)
+
+
+class GpuJpegCodec:
+    """Batch JPEG decode into, and 4:4:4 encode from, torch CUDA tensors ``(H, W, 3)`` uint8."""
+
+    def __init__(self, device: int = 0):
+        try:
+            import torch
+            from nvidia import nvimgcodec
+        except ImportError as exc:
+            raise GpuJpegUnavailable(f"GPU JPEG codec needs torch (CUDA) and nvImageCodec: pip install '.[gpu-codecs]' ({exc.name} missing)") from None
+        if not torch.cuda.is_available():
+            raise GpuJpegUnavailable("GPU JPEG codec: torch sees no CUDA GPU")
+        self.torch = torch
+        self.nv = nvimgcodec
+        self.device = device
+        try:
+            self.decoder = nvimgcodec.Decoder(device_id=device)
+            self.encoder = nvimgcodec.Encoder(device_id=device)
+        except Exception as exc:  # the library loads but finds no nvJPEG / no driver
+            raise GpuJpegUnavailable(f"nvImageCodec failed to start: {exc}") from None
+        self.decode_params = nvimgcodec.DecodeParams(apply_exif_orientation=False, color_spec=nvimgcodec.ColorSpec.SRGB)
+        self.lock = threading.Lock()
+
+    def _stream(self) -> int:
+        return self.torch.cuda.current_stream(self.device).cuda_stream
+
+    def decode(self, datas: list[bytes]) -> list:
+        """One ``(H, W, 3)`` uint8 CUDA tensor per JPEG, or None where nvImageCodec could not
+        decode it (the caller falls back to the CPU decoder for that file)."""
+        streams = [self.nv.CodeStream(d) for d in datas]
+        images = self.decoder.decode(streams, params=self.decode_params, cuda_stream=self._stream())
+        out = []
+        for img in images:
+            if img is None:
+                out.append(None)
+                continue
+            t = self.torch.from_dlpack(img)
+            out.append(t if t.dim() == 3 and t.shape[2] == 3 and t.dtype == self.torch.uint8 else None)
+        return out
+
+    def encode(self, images: list, quality: int) -> list[bytes]:
+        """JPEG bytes (quality ``quality``, 4:4:4) of ``(H, W, 3)`` uint8 CUDA tensors."""
+        nv = self.nv
+        params = nv.EncodeParams(quality_type=nv.QualityType.QUALITY, quality_value=float(quality), chroma_subsampling=nv.ChromaSubsampling.CSS_444)
+        stream = self._stream()
+        wrapped = [nv.as_image(t if t.is_contiguous() else t.contiguous(), cuda_stream=stream) for t in images]
+        streams = self.encoder.encode(wrapped, "jpeg", params=params, cuda_stream=stream)
+        if any(s is None for s in streams):
+            raise GpuJpegUnavailable("nvImageCodec failed to encode a JPEG")
+        return [_bytes_of(s) for s in streams]
+
+
+def device_decodable(path: Path, fmt: str | None, mode: str, data: bytes) -> bool:
+    """True for the files `GpuJpegCodec` decodes exactly like the CPU path: complete 8-bit RGB
+    JPEGs (Pillow's header says format and mode; EOI says the file is not cut short)."""
+    return fmt == "JPEG" and mode == "RGB" and data[-2:] == b"\xff\xd9" and path.suffix.lower() != ".png"

@@ -1,0 +1,69 @@
+"""`lens run` on a GPU with the GPU JPEG codec (torch backend on CUDA + nvImageCodec): the
+outputs match the CPU path's, keep size and metadata, are 4:4:4, are reproducible, and files the
+GPU decoder must not take still go through the CPU path. Skipped without a CUDA GPU and
+nvImageCodec (CI has neither; run on a GPU machine with `pytest -m gpu`)."""
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image, JpegImagePlugin
+
+torch = pytest.importorskip("torch")
+if not torch.cuda.is_available():
+    pytest.skip("needs a CUDA GPU", allow_module_level=True)
+pytest.importorskip("nvidia.nvimgcodec")
+
+from lens.runtime.backends import DEFAULT_BUILD, OnnxRuntimeBackend, TorchBackend  # noqa: E402
+from lens.runtime.pipeline import RunOptions, run  # noqa: E402
+
+pytestmark = pytest.mark.gpu
+SAMPLES = Path(__file__).resolve().parents[1] / "samples"
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("gpu_photos")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90
+    for i, p in enumerate(sorted(SAMPLES.glob("*.jpg"))):
+        rgb = cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB)
+        Image.fromarray(rgb).save(folder / f"a{i}.jpg", quality=92, exif=exif.tobytes() if i == 0 else b"")
+    Image.fromarray(rgb[:600, :900, 0]).save(folder / "grey.jpg", quality=92)  # CPU-decoded, greyscale out
+    (folder / "cut.jpg").write_bytes((folder / "a1.jpg").read_bytes()[:-5000])  # truncated: reported
+    return folder
+
+
+@pytest.fixture(scope="module")
+def torch_cuda():
+    return TorchBackend(DEFAULT_BUILD / "checkpoint.pt", "cuda")
+
+
+def _run(src, out, backend, codec, batch=4):
+    return run(src, out, backend, RunOptions(batch=batch, workers=4, codec=codec), {})
+
+
+def test_gpu_codec_matches_cpu_path_and_keeps_metadata(tmp_path, photos, torch_cuda):
+    summary = _run(photos, tmp_path / "gpu", torch_cuda, "gpu")
+    assert summary["codec"].startswith("gpu")
+    assert [f["id"] for f in summary["failed"]] == ["cut"]
+    cpu = run(photos, tmp_path / "cpu", OnnxRuntimeBackend(DEFAULT_BUILD, "cpu"), RunOptions(workers=2), {})
+    assert cpu["ok"] == summary["ok"] == 4
+    for name in ("a0.jpg", "a1.jpg", "a2.jpg", "grey.jpg"):
+        with Image.open(tmp_path / "gpu" / name) as g, Image.open(tmp_path / "cpu" / name) as c, Image.open(photos / name) as src:
+            assert g.size == src.size and g.mode == src.mode
+            if g.mode == "RGB":
+                assert JpegImagePlugin.get_sampling(g) == 0  # 4:4:4
+            diff = np.abs(np.asarray(g, dtype=np.int16) - np.asarray(c, dtype=np.int16))
+            assert diff.mean() < 1.5, (name, diff.mean())
+            assert g.getexif().get(0x0112) == src.getexif().get(0x0112)
+    records = {json.loads(line)["id"]: json.loads(line) for line in (tmp_path / "gpu" / "lens-run" / "images.jsonl").read_text().splitlines()}
+    assert "gpu_decode_ms" in records["a0"]["timings_ms"] and "decode_ms" in records["grey"]["timings_ms"]
+
+
+def test_gpu_runs_are_byte_identical(tmp_path, photos, torch_cuda):
+    _run(photos, tmp_path / "one", torch_cuda, "gpu")
+    _run(photos, tmp_path / "two", torch_cuda, "gpu")
+    one = {p.name: p.read_bytes() for p in (tmp_path / "one").glob("*.jpg")}
+    assert one and one == {p.name: p.read_bytes() for p in (tmp_path / "two").glob("*.jpg")}
