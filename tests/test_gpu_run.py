@@ -67,3 +67,17 @@ def test_gpu_runs_are_byte_identical(tmp_path, photos, torch_cuda):
     _run(photos, tmp_path / "two", torch_cuda, "gpu")
     one = {p.name: p.read_bytes() for p in (tmp_path / "one").glob("*.jpg")}
     assert one and one == {p.name: p.read_bytes() for p in (tmp_path / "two").glob("*.jpg")}
+
+
+def test_cuda_graph_replay_matches_eager(torch_cuda):
+    rgb = cv2.cvtColor(cv2.imread(str(sorted(SAMPLES.glob("*.jpg"))[0])), cv2.COLOR_BGR2RGB)
+    batch = torch.from_numpy(np.stack([rgb, rgb[:, ::-1].copy()])).cuda().permute(0, 3, 1, 2)
+    modes = torch.full((2,), -1, dtype=torch.int64, device="cuda")
+    assert torch_cuda.graphs is not None
+    for images in (batch, batch.flip(0)):  # a capture, then a replay with other content
+        replayed = {k: v.clone() for k, v in torch_cuda.infer_device(images).items()}
+        with torch.no_grad():
+            eager = dict(zip(torch_cuda.names, torch_cuda.graph(images.contiguous(), modes)))
+        assert not torch_cuda.graphs.failed, torch_cuda.graphs.failed
+        for k in eager:
+            assert torch.equal(replayed[k], eager[k]), k

@@ -138,6 +138,7 @@ def main(n_small: int = 96, n_large: int = 32, workers: int = 14) -> None:
                 for k in ("floor_torchvision_420", "floor_nvimgcodec_444"):
                     if isinstance(row[k], float):
                         row[f"lens_over_{k}"] = round(best / row[k], 3)
+            row["backend_state"] = backend.describe()
             print(json.dumps(row), flush=True)
             results.append(row)
     return results

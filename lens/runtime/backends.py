@@ -52,7 +52,9 @@ class Backend:
         raise NotImplementedError
 
     def describe(self) -> dict:
-        return {"backend": self.name, "device": self.device}
+        graphs = getattr(self, "graphs", None)
+        return {"backend": self.name, "device": self.device, "cuda_graphs": graphs is not None and not graphs.failed,
+                **({"cuda_graphs_note": graphs.failed} if graphs is not None and graphs.failed else {})}
 
 
 class OnnxRuntimeBackend(Backend):
@@ -156,8 +158,16 @@ class TorchBackend(Backend):
         # On CUDA the pipeline hands over GPU tensors (`infer_device`) or channels-last host
         # batches (`infer_hwc`): no CPU transposes, and uint8 (not float) crosses PCIe.
         self.device_resident = device == "cuda"
+        self.graphs = None
         if self.device_resident:
-            torch.backends.cudnn.benchmark = True
+            # Deterministic convolutions: autotuning may pick a different algorithm per run,
+            # which changed output bytes between two runs on an H200.
+            torch.backends.cudnn.benchmark = False
+            torch.backends.cudnn.deterministic = True
+            if os.environ.get("LENS_CUDA_GRAPHS", "1") != "0":
+                from lens.runtime.cuda_graphs import CapturedGraphs
+
+                self.graphs = CapturedGraphs(self.graph)
 
     def infer(self, images, mode_override=-1):
         t = self.torch
@@ -170,8 +180,9 @@ class TorchBackend(Backend):
         """``(B, 3, H, W)`` uint8 CUDA tensor (any strides) -> outputs as CUDA tensors. The
         caller holds ``self.lock``."""
         t = self.torch
+        modes = t.full((images.shape[0],), mode_override, dtype=t.int64, device=images.device)
         with t.no_grad():
-            outs = self.graph(images, t.full((images.shape[0],), mode_override, dtype=t.int64, device=images.device))
+            outs = self.graphs(images, modes) if self.graphs is not None else self.graph(images, modes)
         return dict(zip(self.names, outs))
 
     def infer_hwc(self, images, mode_override=-1):

@@ -15,6 +15,7 @@ is not applied, as on the CPU path) and EXIF and ICC are copied into the output.
 """
 from __future__ import annotations
 
+import contextlib
 import threading
 from pathlib import Path
 
@@ -50,7 +51,16 @@ class GpuJpegCodec:
         except Exception as exc:  # the library loads but finds no nvJPEG / no driver
             raise GpuJpegUnavailable(f"nvImageCodec failed to start: {exc}") from None
         self.decode_params = nvimgcodec.DecodeParams(apply_exif_orientation=False, color_spec=nvimgcodec.ColorSpec.SRGB)
-        self.lock = threading.Lock()
+        # One lock each: one thread decodes (partly on CPU threads) while another runs the
+        # model and a third encodes.
+        self.decode_lock = threading.Lock()
+        self.encode_lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def exclusive(self):
+        """No decode or encode runs while this is held."""
+        with self.decode_lock, self.encode_lock:
+            yield
 
     def _stream(self) -> int:
         return self.torch.cuda.current_stream(self.device).cuda_stream
@@ -59,7 +69,8 @@ class GpuJpegCodec:
         """One ``(H, W, 3)`` uint8 CUDA tensor per JPEG, or None where nvImageCodec could not
         decode it (the caller falls back to the CPU decoder for that file)."""
         streams = [self.nv.CodeStream(d) for d in datas]
-        images = self.decoder.decode(streams, params=self.decode_params, cuda_stream=self._stream())
+        with self.decode_lock:
+            images = self.decoder.decode(streams, params=self.decode_params, cuda_stream=self._stream())
         out = []
         for img in images:
             if img is None:
@@ -75,7 +86,8 @@ class GpuJpegCodec:
         params = nv.EncodeParams(quality_type=nv.QualityType.QUALITY, quality_value=float(quality), chroma_subsampling=nv.ChromaSubsampling.CSS_444)
         stream = self._stream()
         wrapped = [nv.as_image(t if t.is_contiguous() else t.contiguous(), cuda_stream=stream) for t in images]
-        streams = self.encoder.encode(wrapped, "jpeg", params=params, cuda_stream=stream)
+        with self.encode_lock:
+            streams = self.encoder.encode(wrapped, "jpeg", params=params, cuda_stream=stream)
         if any(s is None for s in streams):
             raise GpuJpegUnavailable("nvImageCodec failed to encode a JPEG")
         return [_bytes_of(s) for s in streams]

@@ -143,6 +143,8 @@ class Runner:
                  codec=None):
         self.codec = codec
         self.backend = backend
+        if codec is not None and getattr(backend, "graphs", None) is not None:
+            backend.graphs.capture_guard = codec.exclusive
         self.options = options
         self.t = thresholds
         self.has_residual = has_residual
@@ -188,34 +190,36 @@ class Runner:
 
     def _process_on_device(self, jobs: list[Job]) -> list[dict]:
         """GPU-resident path (`lens.runtime.gpu_jpeg`): decode, infer, warp and encode without
-        the pixels leaving the GPU. A file the GPU decoder refuses is decoded on the CPU."""
+        the pixels leaving the GPU. A file the GPU decoder refuses is decoded on the CPU.
+        Decoder, model and encoder each have their own lock, so batches flow through them as
+        a pipeline; stage times include waiting for that stage."""
         import torch
 
         records = []
         t = time.perf_counter()
+        tensors = self.codec.decode([j.image.encoded for j in jobs])
+        t_dec = time.perf_counter()
+        keep = []
+        for job, tensor in zip(jobs, tensors):
+            if tensor is None:
+                try:
+                    pixels = read_image(job.source).pixels
+                    tensor = torch.from_numpy(np.repeat(pixels, 3, axis=2) if pixels.shape[2] == 1 else pixels[..., :3]).to(self.backend.device)
+                except ImageReadError as exc:
+                    job.error = exc.reason
+                    records.append(failure_record(job))
+                    continue
+            keep.append((job, tensor))
+        if not keep:
+            return records
+        jobs = [j for j, _ in keep]
         with self.backend.lock:
-            tensors = self.codec.decode([j.image.encoded for j in jobs])
-            t_dec = time.perf_counter()
-            keep = []
-            for job, tensor in zip(jobs, tensors):
-                if tensor is None:
-                    try:
-                        pixels = read_image(job.source).pixels
-                        tensor = torch.from_numpy(np.repeat(pixels, 3, axis=2) if pixels.shape[2] == 1 else pixels[..., :3]).to(self.backend.device)
-                    except ImageReadError as exc:
-                        job.error = exc.reason
-                        records.append(failure_record(job))
-                        continue
-                keep.append((job, tensor))
-            if not keep:
-                return records
-            jobs = [j for j, _ in keep]
-            batch = torch.stack([x for _, x in keep]).permute(0, 3, 1, 2)
-            out = self.backend.infer_device(batch, self.options.mode_override)
+            out = self.backend.infer_device(torch.stack([x for _, x in keep]).permute(0, 3, 1, 2), self.options.mode_override)
+            # Copies: the outputs of a replayed CUDA graph are overwritten by the next batch.
             corrected = out.pop("corrected").permute(0, 2, 3, 1).contiguous()  # (B, H, W, 3) for the encoder
-            t_inf = time.perf_counter()
-            datas = self.codec.encode(list(corrected.unbind(0)), self.options.quality)
             host = {k: v.cpu().numpy() for k, v in out.items()}
+        t_inf = time.perf_counter()
+        datas = self.codec.encode(list(corrected.unbind(0)), self.options.quality)
         t_enc = time.perf_counter()
         n = len(jobs)
         for i, (job, data) in enumerate(zip(jobs, datas)):
@@ -347,6 +351,7 @@ def run(src: Path, out: Path, backend: Backend, options: RunOptions, info: dict,
         "hard_unsafe": [r["id"] for r in ordered if r.get("hard_unsafe")],
         "throughput": {"images": len(ok_now), "wall_s": round(wall, 3), "images_per_s": round(len(ok_now) / wall, 3) if wall > 0 else None},
         "codec": codec_reason,
+        "backend_state": backend.describe(),
         "options": {"batch": options.batch, "workers": options.workers, "quality": options.quality,
                     "mode": "auto" if options.mode_override < 0 else MODES[options.mode_override]},
         **info,
