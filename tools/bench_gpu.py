@@ -66,9 +66,9 @@ def floor(files: list[Path], batch: int = 16) -> float:
 
 
 def floor_nvimgcodec(files: list[Path], batch: int = 16) -> float:
-    from lens.runtime.gpu_jpeg import GpuJpegCodec
+    from lens.runtime.gpu_jpeg import shared_codec
 
-    codec = GpuJpegCodec()
+    codec = shared_codec()
     datas = [p.read_bytes() for p in files]
     codec.encode(codec.decode(datas[:2]), 95)  # warm-up
     torch.cuda.synchronize()

@@ -93,6 +93,19 @@ class GpuJpegCodec:
         return [_bytes_of(s) for s in streams]
 
 
+_CODECS: dict[int, GpuJpegCodec] = {}
+_CODECS_LOCK = threading.Lock()
+
+
+def shared_codec(device: int = 0) -> GpuJpegCodec:
+    """One codec per GPU and process: starting nvImageCodec (nvJPEG handles, pinned buffers)
+    costs about as much as a few dozen images, so repeated runs in one process share it."""
+    with _CODECS_LOCK:
+        if device not in _CODECS:
+            _CODECS[device] = GpuJpegCodec(device)
+        return _CODECS[device]
+
+
 def device_decodable(path: Path, fmt: str | None, mode: str, data: bytes) -> bool:
     """True for the files `GpuJpegCodec` decodes exactly like the CPU path: complete 8-bit RGB
     JPEGs (Pillow's header says format and mode; EOI says the file is not cut short)."""

@@ -120,7 +120,7 @@ def choose_codec(backend: Backend, wanted: str):
     """(GpuJpegCodec or None, one line saying which codec and why). ``auto`` takes the GPU
     codec when the backend keeps images on the GPU and nvImageCodec starts."""
     from lens.runtime.backends import BackendUnavailable
-    from lens.runtime.gpu_jpeg import GpuJpegCodec, GpuJpegUnavailable
+    from lens.runtime.gpu_jpeg import GpuJpegUnavailable, shared_codec
 
     if wanted not in ("auto", "cpu", "gpu"):
         raise BackendUnavailable(f"unknown codec {wanted!r}: choose auto, cpu or gpu")
@@ -131,7 +131,7 @@ def choose_codec(backend: Backend, wanted: str):
             raise BackendUnavailable(f"--codec gpu needs the torch backend on CUDA, not {backend.name} on {backend.device}")
         return None, f"cpu ({backend.name} on {backend.device} takes host images)"
     try:
-        return GpuJpegCodec(), "gpu: nvImageCodec decodes and encodes RGB JPEGs on the GPU"
+        return shared_codec(), "gpu: nvImageCodec decodes and encodes RGB JPEGs on the GPU"
     except GpuJpegUnavailable as exc:
         if wanted == "gpu":
             raise BackendUnavailable(str(exc)) from None
