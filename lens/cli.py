@@ -321,6 +321,7 @@ def train(
     device: str = typer.Option("cpu", help="cpu or cuda."),
     workers: int = typer.Option(1, min=1, help="Processes rendering the source pool."),
     minutes: float = typer.Option(0.0, min=0.0, help="Wall-clock budget (0: none); the schedule adapts to it."),
+    cuda_graphs: bool = typer.Option(False, help="Replay each step as a CUDA graph (GPU only; see lens/training/captured_step.py)."),
     resume: bool = typer.Option(True, help="Resume from `<run>/<stage>/last.pt` when present."),
 ) -> None:
     """Train one stage; an interrupted run resumes where it stopped."""
@@ -335,7 +336,7 @@ def train(
         model = ModelConfig(backbone=backbone, input_height=input_width * 2 // 3, input_width=input_width)
         config = TrainConfig(stage=stage, steps=steps, batch=batch, lr=lr, workload_share=workload_share, pool_size=pool_size,
                              source_width=source_width, val_size=val_size, val_every=val_every, seed=seed, device=device,
-                             workers=workers, time_budget_s=minutes * 60, model=model.to_dict())
+                             workers=workers, time_budget_s=minutes * 60, cuda_graphs=cuda_graphs, model=model.to_dict())
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     with _progress() as progress:

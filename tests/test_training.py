@@ -119,3 +119,24 @@ def test_shoot_grouped_split_keeps_shoots_together():
     pairs = [Pair(f"s{s}_g{g}", None, None, f"s{s}") for s in range(40) for g in range(3)]
     train, val = split_by_shoot(pairs, 0.25)
     assert not {p.shoot for p in train} & {p.shoot for p in val} and val and train
+
+
+def test_device_pool_draws_the_same_batches_and_history_records_the_curve(tmp_path):
+    from lens.training.batches import build_pool, draw_batch, pool_on_device
+
+    pool = build_pool(8, 0, ("rocket.jpg",), width=240)
+    assert pool[0].shape == (160, 240, 3)
+    tensor_pool = pool_on_device(pool, "cpu")  # the GPU path's code, run on the CPU
+    for seed in (0, 4, 5):  # aspect ratios 0.667, 1.5 (portrait) and 0.747; flips inside
+        a = draw_batch(pool, 4, np.random.default_rng(seed), 0.5)
+        b = draw_batch(tensor_pool, 4, np.random.default_rng(seed), 0.5)
+        assert torch.equal(a.params, b.params) and a.images.shape == b.images.shape
+        assert (a.images - b.images).abs().mean() < 1.0  # OpenCV INTER_AREA vs torch antialias
+    result = runner.invoke(app, ["train", "--stage", "param", "--run", str(tmp_path), *TINY, "--backbone", "small-hr", "--input-width", "96"])
+    assert result.exit_code == 0, result.output
+    history = [json.loads(line) for line in (tmp_path / "param" / "history.jsonl").read_text().splitlines()]
+    assert [h["step"] for h in history] == [2, 4] and all(h["epe_mean"] > 0 and h["pairs"] == 4 * h["step"] for h in history)
+    ckpt = torch.load(tmp_path / "param" / "best.pt", weights_only=True)
+    assert ckpt["model_config"]["backbone"] == "small-hr" and ckpt["model_config"]["input_width"] == 96
+    refused = runner.invoke(app, ["train", "--stage", "param", "--run", str(tmp_path / "g"), *TINY, "--cuda-graphs"])
+    assert refused.exit_code == 2 and "--cuda-graphs needs --device cuda" in refused.output

@@ -4,7 +4,8 @@
 #   tools/train_default.sh RUN_DIR DEVICE [MINUTES_PARAM MINUTES_HYBRID MINUTES_FINETUNE]
 # Model and data through the environment (defaults in brackets): BACKBONE [small],
 # INPUT_WIDTH [240], SOURCE_WIDTH [0: twice the input width], POOL [3000] sources for the
-# param stage, STAGE_POOL [POOL] for the two later ones, BATCH [128], WORKERS [cores - 2].
+# param stage, STAGE_POOL [POOL] for the two later ones, BATCH [128], WORKERS [cores - 2],
+# TRAIN_FLAGS [none] added to every stage (e.g. --cuda-graphs on a GPU).
 # On a GPU: BACKBONE=small-hr INPUT_WIDTH=480 SOURCE_WIDTH=1280 tools/train_default.sh runs/hr cuda 4 0.6 0.4
 set -euo pipefail
 RUN=${1:?run dir}; DEVICE=${2:-cpu}
@@ -13,7 +14,7 @@ PY=${PYTHON:-python3}
 POOL=${POOL:-3000}; STAGE_POOL=${STAGE_POOL:-$POOL}
 WORKERS=${WORKERS:-$(( $(nproc) > 2 ? $(nproc) - 2 : 1 ))}
 common=(--run "$RUN" --device "$DEVICE" --workers "$WORKERS" --batch "${BATCH:-128}" --val-size 256 --val-every 250
-        --steps 1000000 --seed 0 --source-width "${SOURCE_WIDTH:-0}")
+        --steps 1000000 --seed 0 --source-width "${SOURCE_WIDTH:-0}" ${TRAIN_FLAGS:-})
 "$PY" -m lens train --stage param    "${common[@]}" --pool-size "$POOL" --minutes "$M1" --lr 1e-3 \
       --backbone "${BACKBONE:-small}" --input-width "${INPUT_WIDTH:-240}"
 "$PY" -m lens train --stage hybrid   "${common[@]}" --pool-size "$STAGE_POOL" --minutes "$M2" --lr 3e-4

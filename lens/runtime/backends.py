@@ -52,9 +52,7 @@ class Backend:
         raise NotImplementedError
 
     def describe(self) -> dict:
-        graphs = getattr(self, "graphs", None)
-        return {"backend": self.name, "device": self.device, "cuda_graphs": graphs is not None and not graphs.failed,
-                **({"cuda_graphs_note": graphs.failed} if graphs is not None and graphs.failed else {})}
+        return {"backend": self.name, "device": self.device}
 
 
 class OnnxRuntimeBackend(Backend):
@@ -168,6 +166,12 @@ class TorchBackend(Backend):
                 from lens.runtime.cuda_graphs import CapturedGraphs
 
                 self.graphs = CapturedGraphs(self.graph)
+
+    def describe(self) -> dict:
+        out = {**super().describe(), "cuda_graphs": self.graphs is not None and not self.graphs.failed}
+        if self.graphs is not None and self.graphs.failed:
+            out["cuda_graphs_note"] = self.graphs.failed
+        return out
 
     def infer(self, images, mode_override=-1):
         t = self.torch

@@ -90,40 +90,67 @@ def pool_on_device(pool: list[np.ndarray], device: str | torch.device) -> torch.
     return torch.from_numpy(np.stack(pool)).permute(0, 3, 1, 2).contiguous().to(device)
 
 
-def _sources_on_device(pool: torch.Tensor, batch: int, rng: np.random.Generator, portrait: bool, h: int, w: int) -> torch.Tensor:
-    idx = torch.from_numpy(rng.integers(0, pool.shape[0], size=batch)).to(pool.device)
-    flip = torch.from_numpy(rng.random(batch) < 0.5).to(pool.device).reshape(-1, 1, 1, 1)
-    imgs = pool[idx]
-    if portrait:
+@dataclass
+class BatchPlan:
+    """A batch's random draws, made on the host: which sources, flips, shape and lenses.
+    `synthesize` turns it into pairs on the pool's device with no host sync, so a captured
+    training step (`lens.training.captured_step`) can replay it."""
+
+    portrait: bool
+    height: int
+    width: int
+    indices: torch.Tensor  # (B,) int64, into the pool
+    flips: torch.Tensor  # (B,) bool
+    params: torch.Tensor  # (B, 8) float32
+
+
+def plan_batch(pool_size: int, source_hw: tuple[int, int], batch: int, rng: np.random.Generator, workload_share: float) -> BatchPlan:
+    aspects, weights = zip(*ASPECTS)
+    aspect = aspects[int(rng.choice(len(aspects), p=np.array(weights) / sum(weights)))]
+    portrait = aspect > 1
+    w = source_hw[1] if not portrait else source_hw[0]
+    h = int(round(w * aspect))
+    indices = torch.from_numpy(rng.integers(0, pool_size, size=batch))
+    flips = torch.from_numpy(rng.random(batch) < 0.5)
+    n_work = int(rng.binomial(batch, workload_share))
+    params = torch.cat([sample_params("workload", n_work, rng, h, w), sample_params("general", batch - n_work, rng, h, w)])
+    return BatchPlan(portrait, h, w, indices, flips, params[torch.from_numpy(rng.permutation(batch))])
+
+
+def synthesize(pool: torch.Tensor, plan: BatchPlan, with_targets: bool = False) -> Batch:
+    """The planned pairs, made on the pool's device (a `pool_on_device` tensor)."""
+    imgs = pool[plan.indices.to(pool.device)]
+    if plan.portrait:
         imgs = torch.rot90(imgs, 1, dims=(2, 3))
-    imgs = torch.where(flip, imgs.flip(3), imgs).float()
-    if imgs.shape[-2:] != (h, w):
-        imgs = torch.nn.functional.interpolate(imgs, size=(h, w), mode="bilinear", antialias=True, align_corners=False)
-    return imgs
+    imgs = torch.where(plan.flips.to(pool.device).reshape(-1, 1, 1, 1), imgs.flip(3), imgs).float()
+    if imgs.shape[-2:] != (plan.height, plan.width):
+        imgs = torch.nn.functional.interpolate(imgs, size=(plan.height, plan.width), mode="bilinear", antialias=True, align_corners=False)
+    params = plan.params.to(pool.device)
+    distorted, targets = make_pairs(imgs, params, with_targets)
+    return Batch(distorted, torch.full((len(params),), plan.height / plan.width, device=pool.device), params, targets)
 
 
 def draw_batch(pool: list[np.ndarray] | torch.Tensor, batch: int, rng: np.random.Generator, workload_share: float,
                with_targets: bool = False, device: str | torch.device = "cpu") -> Batch:
     """One batch with a single aspect ratio; regimes mixed by ``workload_share``. The pairs
-    are synthesised on ``device``; a tensor ``pool`` (`pool_on_device`) is sampled there too."""
+    are synthesised on ``device``; a tensor ``pool`` (`pool_on_device`) is sampled there too,
+    with the same draws as a list pool."""
+    if isinstance(pool, torch.Tensor):
+        return synthesize(pool, plan_batch(pool.shape[0], tuple(pool.shape[-2:]), batch, rng, workload_share), with_targets)
     aspects, weights = zip(*ASPECTS)
     aspect = aspects[int(rng.choice(len(aspects), p=np.array(weights) / sum(weights)))]
     portrait = aspect > 1
-    src_h, src_w = pool.shape[-2:] if isinstance(pool, torch.Tensor) else pool[0].shape[:2]
-    w = src_w if not portrait else src_h
+    w = pool[0].shape[1] if not portrait else pool[0].shape[0]
     h = int(round(w * aspect))
-    if isinstance(pool, torch.Tensor):
-        sources = _sources_on_device(pool, batch, rng, portrait, h, w)
-    else:
-        srcs = []
-        for idx in rng.integers(0, len(pool), size=batch):
-            img = pool[int(idx)]
-            if portrait:
-                img = np.ascontiguousarray(np.rot90(img))
-            if rng.random() < 0.5:
-                img = img[:, ::-1]
-            srcs.append(cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA))
-        sources = torch.from_numpy(np.stack(srcs)).to(device).permute(0, 3, 1, 2).float()
+    srcs = []
+    for idx in rng.integers(0, len(pool), size=batch):
+        img = pool[int(idx)]
+        if portrait:
+            img = np.ascontiguousarray(np.rot90(img))
+        if rng.random() < 0.5:
+            img = img[:, ::-1]
+        srcs.append(cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA))
+    sources = torch.from_numpy(np.stack(srcs)).to(device).permute(0, 3, 1, 2).float()
     n_work = int(rng.binomial(batch, workload_share))
     params = torch.cat([sample_params("workload", n_work, rng, h, w), sample_params("general", batch - n_work, rng, h, w)])
     params = params[torch.from_numpy(rng.permutation(batch))]

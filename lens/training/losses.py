@@ -45,9 +45,11 @@ def endpoint_error(pred: torch.Tensor, true: torch.Tensor, height: int, width: i
     return torch.sqrt(dx * dx + dy * dy + 1e-12).flatten(1).mean(dim=1)
 
 
-def reference_size(aspect: torch.Tensor) -> tuple[int, int]:
-    """(height, width) of the reference resolution for a batch's mean aspect ratio."""
-    return int(round(REFERENCE_WIDTH * float(aspect.mean()))), REFERENCE_WIDTH
+def reference_size(aspect: float | torch.Tensor) -> tuple[int, int]:
+    """(height, width) of the reference resolution for an aspect ratio H / W (a tensor: its
+    mean)."""
+    value = float(aspect.mean()) if isinstance(aspect, torch.Tensor) else float(aspect)
+    return int(round(REFERENCE_WIDTH * value)), REFERENCE_WIDTH
 
 
 def smoothness(flow: torch.Tensor) -> torch.Tensor:

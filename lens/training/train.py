@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lens.training.batches import TRAIN_PHOTOS, VAL_PHOTOS, Batch, build_pool, draw_batch, fingerprint, pool_on_device
+from lens.training.batches import TRAIN_PHOTOS, VAL_PHOTOS, Batch, build_pool, draw_batch, fingerprint, plan_batch, pool_on_device
+from lens.training.captured_step import CapturedTrainStep, make_optimizer
 from lens.training.checkpoint import PARENT_STAGE, STAGES, git_commit, load_checkpoint, model_from_checkpoint, save_checkpoint, sha256_file
 from lens.training.losses import endpoint_error, foldover_penalty, reference_size, smoothness, warp_points
 from lens.training.model import LensNet, ModelConfig, to_model_input
@@ -55,18 +56,23 @@ class TrainConfig:
     # Optional wall-clock budget: the schedule follows max(step / steps, elapsed / budget) and
     # training stops when it reaches 1. Runs with a budget are not bit-reproducible.
     time_budget_s: float = 0.0
+    # Replay each step as a CUDA graph (`lens.training.captured_step`); CUDA only.
+    cuda_graphs: bool = False
     model: dict = field(default_factory=lambda: ModelConfig().to_dict())
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
             raise ValueError(f"unknown stage {self.stage!r}: choose from {STAGES}")
+        if self.cuda_graphs and not self.device.startswith("cuda"):
+            raise ValueError("--cuda-graphs needs --device cuda")
 
 
 def _forward(model: LensNet, batch: Batch, use_flow: bool):
     cfg = model.config
     small = to_model_input(batch.images, cfg.input_height, cfg.input_width)
     params, flow = model(small, batch.aspect)
-    height, width = reference_size(batch.aspect)
+    # From the shape, not the aspect tensor: no host sync, so a CUDA graph can capture it.
+    height, width = reference_size(batch.images.shape[-2] / batch.images.shape[-1])
     pred = warp_points(params, height, width, flow if use_flow else None)
     true = warp_points(batch.params, height, width)
     return params, flow, pred, true, height, width
@@ -82,6 +88,34 @@ def evaluate_batches(model: LensNet, batches: list[Batch], use_flow: bool) -> di
             errs.append(endpoint_error(pred, true, h, w))
     e = torch.cat(errs).cpu().numpy()
     return {"epe_mean": float(e.mean()), "epe_median": float(np.median(e)), "epe_p95": float(np.percentile(e, 95))}
+
+
+class _LrSchedule:
+    """lr = base * factor(step), set after every step; writes into a tensor learning rate in
+    place (a captured optimiser reads it on the GPU). State: the step count."""
+
+    def __init__(self, optim: torch.optim.Optimizer, base: float, factor: Callable[[int], float]):
+        self.optim, self.base, self.factor, self.last_epoch = optim, base, factor, 0
+        self._apply()
+
+    def _apply(self) -> None:
+        value = self.base * self.factor(self.last_epoch)
+        for group in self.optim.param_groups:
+            if isinstance(group["lr"], torch.Tensor):
+                group["lr"].fill_(value)
+            else:
+                group["lr"] = value
+
+    def step(self) -> None:
+        self.last_epoch += 1
+        self._apply()
+
+    def state_dict(self) -> dict:
+        return {"last_epoch": self.last_epoch}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.last_epoch = int(state["last_epoch"])
+        self._apply()
 
 
 def _rng_state(rng: np.random.Generator) -> dict:
@@ -118,7 +152,7 @@ def train(config: TrainConfig, run_dir: str | Path, parent: str | Path | None = 
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     model.to(device)
-    optim = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optim = make_optimizer(model, config.lr, config.weight_decay, captured=config.cuda_graphs)
     clock = {"start": time.perf_counter(), "offset": 0.0}
 
     def progress(i: int) -> float:
@@ -131,7 +165,7 @@ def train(config: TrainConfig, run_dir: str | Path, parent: str | Path | None = 
         p = progress(i)
         return float(min(1.0, max(p, (i + 1) / config.steps) / 0.03) * (0.02 + 0.98 * 0.5 * (1 + np.cos(np.pi * p))))
 
-    sched = torch.optim.lr_scheduler.LambdaLR(optim, lr_factor)
+    sched = _LrSchedule(optim, config.lr, lr_factor)
 
     src_w = config.source_width or 2 * model.config.input_width
     pool = build_pool(config.pool_size, config.seed, TRAIN_PHOTOS, workers=config.workers, width=src_w)
@@ -168,19 +202,26 @@ def train(config: TrainConfig, run_dir: str | Path, parent: str | Path | None = 
                        elapsed_s=clock["offset"] + time.perf_counter() - clock["start"])
         return out
 
+    def step_loss(batch: Batch) -> torch.Tensor:
+        _, flow, pred, true, h, w = _forward(model, batch, use_flow)
+        loss = endpoint_error(pred, true, h, w).mean()
+        if use_flow:
+            loss = loss + config.smoothness_weight * smoothness(flow) + config.foldover_weight * foldover_penalty(pred, h, w)
+        return loss
+
+    captured = CapturedTrainStep(model, optim, pool, step_loss) if config.cuda_graphs else None
     metrics: dict = {}
     t0, seen = time.perf_counter(), 0
     while step < config.steps and progress(step) < 1.0:
         model.train()
-        batch = draw_batch(pool, config.batch, rng, config.workload_share, device=device)
-        params, flow, pred, true, h, w = _forward(model, batch, use_flow)
-        loss = endpoint_error(pred, true, h, w).mean()
-        if use_flow:
-            loss = loss + config.smoothness_weight * smoothness(flow) + config.foldover_weight * foldover_penalty(pred, h, w)
-        optim.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-        optim.step()
+        if captured is not None:
+            loss = captured(plan_batch(pool.shape[0], tuple(pool.shape[-2:]), config.batch, rng, config.workload_share))
+        else:
+            loss = step_loss(draw_batch(pool, config.batch, rng, config.workload_share, device=device))
+            optim.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            optim.step()
         sched.step()
         step += 1
         seen += config.batch
