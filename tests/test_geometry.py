@@ -201,3 +201,16 @@ def test_distortion_grid_inverts_the_correction_grid():
     ident = identity_grid(1, H, W, torch.float64)[:, 100:-100:97, 100:-100:89].permute(0, 3, 1, 2)
     err_px = (round_trip - ident).abs().amax().item() * (W - 1) / 2
     assert err_px < 0.05  # bilinear interpolation of a smooth map between pixel centres
+
+
+def test_implicit_gradient_of_the_output_camera_matches_full_backprop():
+    from lens.training.synth import sample_params
+
+    p = sample_params("general", 8, np.random.default_rng(0), 1367, 2048).double().requires_grad_(True)
+    weights = torch.randn(8, 4, dtype=torch.float64)
+    grads = []
+    for implicit in (False, True):
+        cam = optimal_new_camera(p, 1367, 2048, implicit_grad=implicit)
+        grads.append((cam, torch.autograd.grad((cam * weights).sum(), p)[0]))
+    assert torch.equal(grads[0][0], grads[1][0])  # same values
+    assert torch.allclose(grads[0][1], grads[1][1], rtol=1e-9, atol=1e-9)

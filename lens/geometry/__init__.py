@@ -9,6 +9,7 @@ from lens.geometry.camera import (
     intrinsics_px,
     monotonic_radius,
     optimal_new_camera,
+    optimal_new_cameras,
     undistort_points,
     zoom_camera,
 )
@@ -56,6 +57,7 @@ __all__ = [
     "monotonic_radius",
     "normalized_to_pixel",
     "optimal_new_camera",
+    "optimal_new_cameras",
     "parametric_grid",
     "parametric_points",
     "pixel_to_normalized",

@@ -71,7 +71,7 @@ def monotonic_radius(params: torch.Tensor) -> torch.Tensor:
 
 
 def undistort_points(
-    xd: torch.Tensor, yd: torch.Tensor, params: torch.Tensor
+    xd: torch.Tensor, yd: torch.Tensor, params: torch.Tensor, implicit_grad: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Inverse of `distort`: distorted normalised coordinates -> ideal ones, by Newton's method.
 
@@ -79,10 +79,19 @@ def undistort_points(
     invertible; a point the lens cannot produce (beyond the distorted image of that radius)
     converges to the radius limit. Returns ``(x, y, valid)`` where ``valid`` is a boolean
     tensor that is False for those points.
+
+    ``implicit_grad``: gradients flow through the last Newton step only. Where the iteration
+    has converged (parameters in the training regimes) that step's derivative is the
+    implicit-function derivative and backward skips the other steps (half the kernels of a
+    training step's loss); far from convergence (an optimiser's line search probing wild
+    parameters) it is not the derivative of the computed value, so fitting keeps it off.
+    Values are the same either way.
     """
     r_max = monotonic_radius(params).reshape((-1,) + (1,) * (xd.dim() - 1))
     x, y = xd, yd
-    for _ in range(_NEWTON_STEPS):
+    for i in range(_NEWTON_STEPS):
+        if implicit_grad and i == _NEWTON_STEPS - 1:
+            x, y = x.detach(), y.detach()
         fx, fy = distort(x, y, params)
         ex, ey = fx - xd, fy - yd
         a, b, c, d = _distort_jacobian(x, y, params)
@@ -99,8 +108,13 @@ def undistort_points(
     return x, y, valid
 
 
-def optimal_new_camera(params: torch.Tensor, height, width, alpha: float = 0.0) -> torch.Tensor:
-    """``(B, 4)`` output camera ``(fx, fy, cx, cy)`` in pixels, as ``cv2.getOptimalNewCameraMatrix``.
+def optimal_new_camera(params: torch.Tensor, height, width, alpha: float = 0.0, implicit_grad: bool = False) -> torch.Tensor:
+    """One camera of `optimal_new_cameras`."""
+    return optimal_new_cameras(params, height, width, (alpha,), implicit_grad)[0]
+
+
+def optimal_new_cameras(params: torch.Tensor, height, width, alphas: tuple[float, ...], implicit_grad: bool = False) -> list[torch.Tensor]:
+    """For each alpha, the ``(B, 4)`` output camera ``(fx, fy, cx, cy)`` in pixels, as ``cv2.getOptimalNewCameraMatrix``.
 
     ``alpha = 0``: per axis, the widest view (smallest focal length) for which every output
     pixel still samples inside the input, i.e. no black border; ``alpha = 1``: every input
@@ -108,6 +122,8 @@ def optimal_new_camera(params: torch.Tensor, height, width, alpha: float = 0.0) 
     get their own scale, so strong barrel distortion is stretched a little anisotropically
     (measured: k1 = -0.2, k2 = 0.4 at 2048 x 1367 gives fx / fy = 0.999; the reference
     workload's targets follow this convention). The output size equals the input size.
+    Several alphas share one undistortion of the border (training synthesis needs 0 and 1).
+    ``implicit_grad``: see `undistort_points`.
     """
     n = _BORDER_SAMPLES
     steps = torch.arange(n, dtype=params.dtype, device=params.device) / (n - 1)
@@ -118,7 +134,7 @@ def optimal_new_camera(params: torch.Tensor, height, width, alpha: float = 0.0) 
     v = torch.stack([steps, steps, zeros, ones]) * (height - 1)
     intr = intrinsics_px(params, height, width)
     f, cx, cy = intr[:, 0:1, None], intr[:, 1:2, None], intr[:, 2:3, None]
-    x, y, _ = undistort_points((u.unsqueeze(0) - cx) / f, (v.unsqueeze(0) - cy) / f, params)  # (B, 4, n)
+    x, y, _ = undistort_points((u.unsqueeze(0) - cx) / f, (v.unsqueeze(0) - cy) / f, params, implicit_grad)  # (B, 4, n)
 
     inner_x0, inner_x1 = x[:, 0].amax(dim=1), x[:, 1].amin(dim=1)
     inner_y0, inner_y1 = y[:, 2].amax(dim=1), y[:, 3].amin(dim=1)
@@ -130,11 +146,14 @@ def optimal_new_camera(params: torch.Tensor, height, width, alpha: float = 0.0) 
     fy0 = (height - 1) / (inner_y1 - inner_y0)
     fx1 = (width - 1) / (outer_x1 - outer_x0)
     fy1 = (height - 1) / (outer_y1 - outer_y0)
-    fx = fx0 * (1 - alpha) + fx1 * alpha
-    fy = fy0 * (1 - alpha) + fy1 * alpha
-    ncx = -(fx0 * inner_x0) * (1 - alpha) - (fx1 * outer_x0) * alpha
-    ncy = -(fy0 * inner_y0) * (1 - alpha) - (fy1 * outer_y0) * alpha
-    return torch.stack([fx, fy, ncx, ncy], dim=1)
+    cameras = []
+    for alpha in alphas:
+        fx = fx0 * (1 - alpha) + fx1 * alpha
+        fy = fy0 * (1 - alpha) + fy1 * alpha
+        ncx = -(fx0 * inner_x0) * (1 - alpha) - (fx1 * outer_x0) * alpha
+        ncy = -(fy0 * inner_y0) * (1 - alpha) - (fy1 * outer_y0) * alpha
+        cameras.append(torch.stack([fx, fy, ncx, ncy], dim=1))
+    return cameras
 
 
 def zoom_camera(params: torch.Tensor, height, width, zoom: float | torch.Tensor) -> torch.Tensor:

@@ -28,7 +28,7 @@ def warp_points(params: torch.Tensor, height: int, width: int, flow: torch.Tenso
     """``(B, rows, cols, 2)`` normalised sampling positions of the alpha = 0 correction at the
     EPE lattice, with the residual ``flow`` (`lens.geometry.fuse_residual` units) if given."""
     u, v = epe_points(height, width, device=params.device)
-    camera = optimal_new_camera(params, height, width)
+    camera = optimal_new_camera(params, height, width, implicit_grad=True)  # exact where Newton converged (in the regimes)
     pts = parametric_points(params, camera, u, v, height, width)
     if flow is not None:
         sx, sy = 2.0 / (flow.shape[-1] - 1), 2.0 / (flow.shape[-2] - 1)

@@ -30,7 +30,7 @@ from lens.geometry import (
     intrinsics_px,
     lattice_points,
     upsample_lattice,
-    optimal_new_camera,
+    optimal_new_cameras,
     pixel_to_normalized,
     undistort_points,
 )
@@ -85,13 +85,13 @@ def pair_grids(params: torch.Tensor, height: int, width: int, with_target: bool 
     """Grids that render the distorted input and its corrected target from ideal sources of
     size ``height x width`` (both images have that size too). Runs on ``params``' device."""
     p = params.float()
-    source_cam = optimal_new_camera(p, height, width, alpha=1.0)  # source spans every input ray
+    # source_cam (alpha = 1): the source spans every input ray; tc (alpha = 0): the target.
+    source_cam, tc = optimal_new_cameras(p, height, width, (1.0, 0.0))
     u, v = lattice_points(height, width, LATTICE_STEP, p.dtype, p.device)
     distorted = upsample_lattice(distortion_points(p, source_cam, u, v, height, width)[0], height, width)
     target = None
     if with_target:
         # The target's ideal rays, looked up in the source: a pure scale and shift.
-        tc = optimal_new_camera(p, height, width, alpha=0.0)
         ratio_x, ratio_y = source_cam[:, 0] / tc[:, 0], source_cam[:, 1] / tc[:, 1]
         uu = torch.arange(width, dtype=p.dtype, device=p.device)
         vv = torch.arange(height, dtype=p.dtype, device=p.device)
