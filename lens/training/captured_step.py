@@ -1,16 +1,19 @@
 """The training step replayed as CUDA graphs: batch synthesis, forward, loss, backward and
 the optimiser step in one launch.
 
-Why: a step is ~15-20 k small kernels (the output camera's Newton iterations in the pair
+Why: a step is ~12-17 k small kernels (the output camera's Newton iterations in the pair
 synthesis and in the loss, and their backward). On the lent H200 each launch is expensive
 enough that a training process made 1.9 steps/s at batch 128 with the GPU nearly idle; the
 same cure took `lens run`'s inference from 436 to 32 ms per batch (`lens.runtime.cuda_graphs`).
 
 How: the host makes every random draw (`plan_batch`), copies it into static device tensors
-and replays the graph captured for that batch shape (three aspect ratios, so three graphs
-sharing one memory pool). The optimiser must be capturable with a tensor learning rate
-(`make_optimizer`). Before each shape's capture, ``warmup`` ordinary steps run on a side
-stream (PyTorch's recipe for lazy initialisation); they train on that first batch too.
+and replays the graph captured for that batch shape (three aspect ratios, so three graphs,
+each with its own memory pool: they replay in any order, which a shared pool does not allow).
+Gradients, optimiser state and BatchNorm statistics are created by the warm-up steps, outside
+any graph, and shared by all of them (``zero_grad(set_to_none=False)`` keeps the tensors).
+The optimiser must be capturable with a tensor learning rate (`make_optimizer`). Before each
+shape's capture, ``warmup`` ordinary steps run on a side stream (PyTorch's recipe for lazy
+initialisation); they train on that first batch too.
 
 Status: written against PyTorch's documented whole-network capture API; the pieces it replays
 (`synthesize`, `step_loss`) are tested on the CPU, the capture itself needs a CUDA GPU and has
@@ -41,7 +44,6 @@ class CapturedTrainStep:
         self.model, self.optim, self.pool = model, optim, pool
         self.step_loss, self.clip, self.warmup = step_loss, clip, warmup
         self.graphs: dict[tuple, tuple] = {}
-        self.mempool = None
 
     def _body(self, plan: BatchPlan) -> torch.Tensor:
         loss = self.step_loss(synthesize(self.pool, plan))
@@ -61,10 +63,8 @@ class CapturedTrainStep:
                 self._body(static)
         torch.cuda.current_stream(dev).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.mempool):
+        with torch.cuda.graph(graph):
             loss = self._body(static)
-        if self.mempool is None:
-            self.mempool = graph.pool()
         return graph, static, loss
 
     def __call__(self, plan: BatchPlan) -> torch.Tensor:
