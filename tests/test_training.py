@@ -136,6 +136,9 @@ def test_device_pool_draws_the_same_batches_and_history_records_the_curve(tmp_pa
     assert result.exit_code == 0, result.output
     history = [json.loads(line) for line in (tmp_path / "param" / "history.jsonl").read_text().splitlines()]
     assert [h["step"] for h in history] == [2, 4] and all(h["epe_mean"] > 0 and h["pairs"] == 4 * h["step"] for h in history)
+    again = runner.invoke(app, ["train", "--stage", "param", "--run", str(tmp_path), *TINY, "--backbone", "small-hr", "--input-width", "96", "--no-resume"])
+    assert again.exit_code == 0, again.output
+    assert [json.loads(line)["step"] for line in (tmp_path / "param" / "history.jsonl").read_text().splitlines()] == [2, 4]
     ckpt = torch.load(tmp_path / "param" / "best.pt", weights_only=True)
     assert ckpt["model_config"]["backbone"] == "small-hr" and ckpt["model_config"]["input_width"] == 96
     refused = runner.invoke(app, ["train", "--stage", "param", "--run", str(tmp_path / "g"), *TINY, "--cuda-graphs"])

@@ -189,6 +189,8 @@ def train(config: TrainConfig, run_dir: str | Path, parent: str | Path | None = 
         torch.set_rng_state(state["torch_rng"])
         step, best = state["step"], state["best_epe"]
         clock["offset"] = state.get("elapsed_s", 0.0)
+    if step == 0:  # a fresh start: the curve starts over too
+        (stage_dir / HISTORY_FILE).unlink(missing_ok=True)
 
     def payload(kind: str, metrics: dict | None) -> dict:
         out = {
