@@ -106,7 +106,8 @@ def shared_codec(device: int = 0) -> GpuJpegCodec:
         return _CODECS[device]
 
 
-def device_decodable(path: Path, fmt: str | None, mode: str, data: bytes) -> bool:
-    """True for the files `GpuJpegCodec` decodes exactly like the CPU path: complete 8-bit RGB
-    JPEGs (Pillow's header says format and mode; EOI says the file is not cut short)."""
-    return fmt == "JPEG" and mode == "RGB" and data[-2:] == b"\xff\xd9" and path.suffix.lower() != ".png"
+def device_decodable(path: Path, fmt: str | None, mode: str) -> bool:
+    """True for the files `GpuJpegCodec` decodes exactly like the CPU path, from Pillow's
+    header: 8-bit RGB JPEGs whose output is a JPEG too (a JPEG named .png is written as PNG).
+    The caller also checks the EOI marker (a file cut short goes to the CPU decoder)."""
+    return fmt == "JPEG" and mode == "RGB" and path.suffix.lower() != ".png"

@@ -128,9 +128,10 @@ def read_image(path: str | os.PathLike, keep_jpeg: bool = False) -> DecodedImage
                 if keep_jpeg:
                     from lens.runtime.gpu_jpeg import device_decodable
 
-                    data = path.read_bytes()
-                    if device_decodable(path, img.format, img.mode, data):
-                        return DecodedImage(None, exif=exif, icc_profile=icc, encoded=data, encoded_size=(h, w))
+                    if device_decodable(path, img.format, img.mode):
+                        data = path.read_bytes()
+                        if data[-2:] == b"\xff\xd9":
+                            return DecodedImage(None, exif=exif, icc_profile=icc, encoded=data, encoded_size=(h, w))
                 pixels = _fast_decode(path, img.format, img.mode)
                 if pixels is None:
                     img.load()

@@ -101,7 +101,11 @@ def _decode(job: Job, keep_jpeg: bool = False) -> Job:
 
 
 def _rgb(job: Job) -> np.ndarray:
-    px = job.image.pixels
+    return _rgb_pixels(job.image.pixels)
+
+
+def _rgb_pixels(px: np.ndarray) -> np.ndarray:
+    """Greyscale repeated to 3 channels, alpha dropped: what every graph takes."""
     return np.repeat(px, 3, axis=2) if px.shape[2] == 1 else px[..., :3]
 
 
@@ -203,8 +207,7 @@ class Runner:
         for job, tensor in zip(jobs, tensors):
             if tensor is None:
                 try:
-                    pixels = read_image(job.source).pixels
-                    tensor = torch.from_numpy(np.repeat(pixels, 3, axis=2) if pixels.shape[2] == 1 else pixels[..., :3]).to(self.backend.device)
+                    tensor = torch.from_numpy(_rgb_pixels(read_image(job.source).pixels)).to(self.backend.device)
                 except ImageReadError as exc:
                     job.error = exc.reason
                     records.append(failure_record(job))

@@ -137,25 +137,15 @@ def draw_batch(pool: list[np.ndarray] | torch.Tensor, batch: int, rng: np.random
     with the same draws as a list pool."""
     if isinstance(pool, torch.Tensor):
         return synthesize(pool, plan_batch(pool.shape[0], tuple(pool.shape[-2:]), batch, rng, workload_share), with_targets)
-    aspects, weights = zip(*ASPECTS)
-    aspect = aspects[int(rng.choice(len(aspects), p=np.array(weights) / sum(weights)))]
-    portrait = aspect > 1
-    w = pool[0].shape[1] if not portrait else pool[0].shape[0]
-    h = int(round(w * aspect))
+    plan = plan_batch(len(pool), pool[0].shape[:2], batch, rng, workload_share)
     srcs = []
-    for idx in rng.integers(0, len(pool), size=batch):
-        img = pool[int(idx)]
-        if portrait:
-            img = np.ascontiguousarray(np.rot90(img))
-        if rng.random() < 0.5:
-            img = img[:, ::-1]
-        srcs.append(cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA))
+    for idx, flip in zip(plan.indices.tolist(), plan.flips.tolist()):
+        img = np.ascontiguousarray(np.rot90(pool[idx])) if plan.portrait else pool[idx]
+        srcs.append(cv2.resize(img[:, ::-1] if flip else img, (plan.width, plan.height), interpolation=cv2.INTER_AREA))
     sources = torch.from_numpy(np.stack(srcs)).to(device).permute(0, 3, 1, 2).float()
-    n_work = int(rng.binomial(batch, workload_share))
-    params = torch.cat([sample_params("workload", n_work, rng, h, w), sample_params("general", batch - n_work, rng, h, w)])
-    params = params[torch.from_numpy(rng.permutation(batch))]
-    distorted, targets = make_pairs(sources, params.to(device), with_targets)
-    return Batch(distorted, torch.full((batch,), h / w, device=device), params.to(device), targets)
+    params = plan.params.to(device)
+    distorted, targets = make_pairs(sources, params, with_targets)
+    return Batch(distorted, torch.full((batch,), plan.height / plan.width, device=device), params, targets)
 
 
 @dataclass
