@@ -4,6 +4,19 @@ these without pulling in torch). `lens.geometry.params` and `lens.geometry.safet
 #: Order of the lens parameter vector (units and bounds: `lens.geometry.params`).
 PARAM_NAMES: tuple[str, ...] = ("k1", "k2", "k3", "p1", "p2", "focal", "cx", "cy")
 
+#: Bounds a predicting model is held to (table in `lens.geometry.params`); `LensParams` itself
+#: checks only what is physical (finite values, focal > 0).
+PARAM_BOUNDS: dict[str, tuple[float, float]] = {
+    "k1": (-0.8, 0.8),
+    "k2": (-0.8, 1.2),
+    "k3": (-1.0, 1.0),
+    "p1": (-0.02, 0.02),
+    "p2": (-0.02, 0.02),
+    "focal": (0.4, 3.0),
+    "cx": (-0.1, 0.1),
+    "cy": (-0.1, 0.1),
+}
+
 #: Order of the safety statistics of a grid (definitions: `lens.geometry.safety`).
 SAFETY_STATS: tuple[str, ...] = (
     "oob_fraction",  # share of output pixels sampling outside the input (would show padding)

@@ -30,22 +30,9 @@ from typing import Sequence
 
 import torch
 
-from lens.conventions import PARAM_NAMES  # torch-free, shared with the runtime
+from lens.conventions import PARAM_BOUNDS, PARAM_NAMES  # torch-free, shared with the runtime
 
 NUM_PARAMS = len(PARAM_NAMES)
-
-#: Bounds a predicting model is held to (see the table above); `LensParams` itself
-#: checks only what is physical (finite values, focal > 0).
-PARAM_BOUNDS: dict[str, tuple[float, float]] = {
-    "k1": (-0.8, 0.8),
-    "k2": (-0.8, 1.2),
-    "k3": (-1.0, 1.0),
-    "p1": (-0.02, 0.02),
-    "p2": (-0.02, 0.02),
-    "focal": (0.4, 3.0),
-    "cx": (-0.1, 0.1),
-    "cy": (-0.1, 0.1),
-}
 
 #: The identity parameter set: no distortion, f = W, centred.
 IDENTITY = (0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0)

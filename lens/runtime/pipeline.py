@@ -22,6 +22,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from lens.conventions import PARAM_NAMES, SAFETY_STATS
@@ -40,6 +41,7 @@ class RunOptions:
     quality: int = 95
     mode_override: int = -1  # -1 automatic, else an index into MODES
     codec: str = "auto"  # auto | cpu | gpu: where JPEGs are decoded and encoded (`choose_codec`)
+    refine: str = "lines"  # lines | off: refit the lens to the photo's straight lines (`lens.runtime.plumb_line`)
 
 
 @dataclass
@@ -113,11 +115,10 @@ def _rgb_batch(jobs: list[Job]) -> np.ndarray:
     return np.stack([np.ascontiguousarray(_rgb(j).transpose(2, 0, 1)) for j in jobs])
 
 
-def _max_displacement(maps: np.ndarray) -> float:
+def _max_displacement(map_x: np.ndarray, map_y: np.ndarray) -> float:
     """Largest distance between an output pixel and where it samples, on every 8th pixel."""
-    sub = maps[:, ::8, ::8]
-    v, u = np.mgrid[0 : maps.shape[1] : 8, 0 : maps.shape[2] : 8]
-    return float(np.sqrt((sub[0] - u) ** 2 + (sub[1] - v) ** 2).max())
+    v, u = np.mgrid[0 : map_x.shape[0] : 8, 0 : map_x.shape[1] : 8]
+    return float(np.sqrt((map_x[::8, ::8] - u) ** 2 + (map_y[::8, ::8] - v) ** 2).max())
 
 
 def choose_codec(backend: Backend, wanted: str):
@@ -142,6 +143,26 @@ def choose_codec(backend: Backend, wanted: str):
         return None, f"cpu ({exc})"
 
 
+@dataclass
+class Refinement:
+    """What the line fit did for one image (`Runner._refine`)."""
+
+    fit: object  # lens.runtime.plumb_line.LineFit
+    safety: dict | None = None  # SAFETY_STATS of the fitted warp
+    maps: tuple[np.ndarray, np.ndarray] | None = None  # set when the fit is applied
+    rejected: str | None = None  # why an accepted fit was not applied
+
+    @property
+    def applied(self) -> bool:
+        return self.maps is not None
+
+    def as_dict(self) -> dict:
+        out = {"applied": self.applied, **self.fit.as_dict()}
+        if self.rejected:
+            out["reason"] = self.rejected
+        return out
+
+
 class Runner:
     def __init__(self, backend: Backend, options: RunOptions, thresholds: SafetyThresholds = SafetyThresholds(), has_residual: bool = True,
                  codec=None):
@@ -153,29 +174,65 @@ class Runner:
         self.t = thresholds
         self.has_residual = has_residual
 
-    def _record(self, job: Job, out: dict[str, np.ndarray], i: int, displacement: float | None) -> dict:
+    def _record(self, job: Job, out: dict[str, np.ndarray], i: int, displacement: float | None, refined: Refinement | None = None) -> dict:
         mode = int(out["mode"][i])
         safety = {m: dict(zip(SAFETY_STATS, map(float, out["safety"][i][k]))) for k, m in enumerate(MODES)}
+        reasons = reasons_from_masks(mode, int(out["violations"][i][0]), int(out["violations"][i][1]), self.has_residual)
+        params = dict(zip(PARAM_NAMES, map(float, out["params"][i])))
+        record_extra = {}
+        if refined is not None:
+            record_extra["lines"] = refined.as_dict()
+            if refined.applied:
+                # the line fit replaces the network's warp: a parametric one, residual dropped
+                record_extra["network_params"] = params
+                params = dict(zip(PARAM_NAMES, map(float, refined.fit.params)))
+                if mode != 1:
+                    reasons = reasons + [f"{MODES[mode]}:replaced_by_line_fit"]
+                mode = 1
+                safety["param_only"] = refined.safety
         unsafe = violations(safety[MODES[mode]], self.t, check_residual=mode == 0)
         notes = ["alpha_dropped"] if job.image.pixels is not None and job.image.pixels.shape[2] == 4 else []
         return {
             "id": job.image_id, "source": str(job.source), "output": str(job.output), "status": "ok", "error": None,
             "size": [job.image.width, job.image.height], "mode": MODES[mode],
-            "reasons": reasons_from_masks(mode, int(out["violations"][i][0]), int(out["violations"][i][1]), self.has_residual)
-            + (["forced"] if self.options.mode_override >= 0 else []),
-            "params": dict(zip(PARAM_NAMES, map(float, out["params"][i]))),
+            "reasons": reasons + (["forced"] if self.options.mode_override >= 0 else []),
+            "params": params, **record_extra,
             "safety": safety, "hard_unsafe": bool(unsafe), "unsafe_reasons": unsafe, "notes": notes,
             "max_displacement_px": displacement, "timings_ms": {k: round(v, 2) for k, v in job.timings.items()},
         }
 
+    def _refine(self, job: Job, params: np.ndarray) -> Refinement:
+        """Refit the network's lens to the photo's straight lines; the fit is applied only
+        when it is accepted (`refine_with_lines`) and its warp passes the param_only checks."""
+        from lens.runtime.lens_maps import correction_maps, lattice_safety
+        from lens.runtime.plumb_line import refine_with_lines
+
+        t = time.perf_counter()
+        px = job.image.pixels
+        grey = px[..., 0] if px.shape[2] == 1 else cv2.cvtColor(np.ascontiguousarray(px[..., :3]), cv2.COLOR_RGB2GRAY)
+        fit = refine_with_lines(grey, params)
+        result = Refinement(fit)
+        if fit.accepted:
+            result.safety = lattice_safety(fit.params, job.image.height, job.image.width)
+            unsafe = violations(result.safety, self.t, check_residual=False)
+            if unsafe:
+                result.rejected = f"line fit's warp is unsafe ({', '.join(unsafe)})"
+            else:
+                result.maps = correction_maps(fit.params, job.image.height, job.image.width)
+        job.timings["lines_ms"] = (time.perf_counter() - t) * 1e3
+        return result
+
     def _finish(self, jobs: list[Job], out: dict[str, np.ndarray]) -> list[dict]:
         records = []
         for i, job in enumerate(jobs):
+            refined = None
+            if "maps" in out and self.options.refine == "lines" and self.options.mode_override < 0:
+                refined = self._refine(job, out["params"][i])
             t = time.perf_counter()
             if "maps" in out:
-                maps = out["maps"][i]
+                maps = refined.maps if refined is not None and refined.applied else out["maps"][i]
                 warped = warp_with_maps(_rgb(job), maps[0], maps[1])
-                displacement = _max_displacement(maps)
+                displacement = _max_displacement(maps[0], maps[1])
             elif "corrected_hwc" in out:
                 warped, displacement = out["corrected_hwc"][i], None
             else:
@@ -188,7 +245,7 @@ class Runner:
             data = encode_image(result, output_format(job.output), self.options.quality)
             write_atomic(job.output, data)
             job.timings["encode_ms"] = (time.perf_counter() - t) * 1e3
-            records.append(self._record(job, out, i, displacement))
+            records.append(self._record(job, out, i, displacement, refined))
             job.image = None  # free the pixels as soon as the file is written
         return records
 
@@ -354,6 +411,7 @@ def run(src: Path, out: Path, backend: Backend, options: RunOptions, info: dict,
         "hard_unsafe": [r["id"] for r in ordered if r.get("hard_unsafe")],
         "throughput": {"images": len(ok_now), "wall_s": round(wall, 3), "images_per_s": round(len(ok_now) / wall, 3) if wall > 0 else None},
         "codec": codec_reason,
+        "lines": _lines_summary(ok_now, options, backend),
         "backend_state": backend.describe(),
         "options": {"batch": options.batch, "workers": options.workers, "quality": options.quality,
                     "mode": "auto" if options.mode_override < 0 else MODES[options.mode_override]},
@@ -362,6 +420,23 @@ def run(src: Path, out: Path, backend: Backend, options: RunOptions, info: dict,
     summary["versions"] = {**summary.get("versions", {}), **_versions()}
     write_atomic(run_dir / SUMMARY_FILE, (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode())
     return summary
+
+
+def _lines_summary(records: list[dict], options: RunOptions, backend: Backend) -> dict:
+    """How many images of this run got the line fit, and why the others did not."""
+    if options.refine != "lines":
+        return {"refine": "off (asked for)"}
+    if backend.samples_on_device:
+        return {"refine": f"off: {backend.name} on {backend.device} warps inside the graph; the line fit runs on the CPU path"}
+    if options.mode_override >= 0:
+        return {"refine": "off: the mode is forced"}
+    fits = [r["lines"] for r in records if "lines" in r]
+    kept: dict[str, int] = {}
+    for f in fits:
+        if not f["applied"]:
+            key = f["reason"].split(" (")[0].split(":")[0]
+            kept[key] = kept.get(key, 0) + 1
+    return {"refine": "lines", "applied": sum(f["applied"] for f in fits), "kept_network": kept}
 
 
 def _versions() -> dict:

@@ -1,0 +1,111 @@
+"""The correction of one parameter set in numpy and OpenCV, for the torch-free runtime.
+
+The exported graph computes the warp of the parameters it predicts. When the runtime changes
+those parameters (`lens.runtime.plumb_line` refits them to the photo's straight lines) it
+needs the same warp without torch: the lens model inverted by Newton's method, the alpha = 0
+output camera of `lens.geometry.optimal_new_cameras` (same border sampling), and the maps from
+``cv2.initUndistortRectifyMap``, which uses the very camera convention of `lens.geometry`.
+tests/test_plumb_line.py holds all three to the torch geometry.
+"""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from lens.conventions import SAFETY_STATS
+
+_BORDER_SAMPLES = 257  # as lens.geometry.camera
+_OOB_TOLERANCE_PX = 0.01  # as lens.geometry.safety
+
+
+def camera_px(params: np.ndarray, height: int, width: int) -> tuple[float, float, float]:
+    """Input camera ``(f, cx, cy)`` in pixels (`lens.geometry.params`)."""
+    return params[5] * width, (width - 1) / 2 + params[6] * width, (height - 1) / 2 + params[7] * width
+
+
+def undistort_normalised(points: np.ndarray, params: np.ndarray, height: int, width: int,
+                         start: np.ndarray | None = None, iterations: int = 8):
+    """Distorted input pixels ``(N, 2)`` -> ideal normalised ``x, y`` by Newton's method on
+    the Brown-Conrady model, and the model's Jacobian ``(jxx, jxy, jyy)`` (symmetric) there.
+    ``start``: ideal pixels for nearby parameters, from which a few iterations do."""
+    k1, k2, k3, p1, p2 = params[:5]
+    f, cx, cy = camera_px(params, height, width)
+    xd, yd = (points[:, 0] - cx) / f, (points[:, 1] - cy) / f
+    x, y = (xd.copy(), yd.copy()) if start is None else ((start[:, 0] - cx) / f, (start[:, 1] - cy) / f)
+    for i in range(iterations + 1):
+        r2 = x * x + y * y
+        radial = 1 + r2 * (k1 + r2 * (k2 + r2 * k3))
+        slope = 2 * (k1 + r2 * (2 * k2 + 3 * k3 * r2))  # d radial / d r2, times 2
+        jxx = radial + x * x * slope + 2 * p1 * y + 6 * p2 * x
+        jxy = x * y * slope + 2 * p1 * x + 2 * p2 * y
+        jyy = radial + y * y * slope + 6 * p1 * y + 2 * p2 * x
+        if i == iterations:
+            return x, y, (jxx, jxy, jyy)
+        ex = x * radial + 2 * p1 * x * y + p2 * (r2 + 2 * x * x) - xd
+        ey = y * radial + p1 * (r2 + 2 * y * y) + 2 * p2 * x * y - yd
+        det = jxx * jyy - jxy * jxy
+        det = np.where(np.abs(det) < 1e-9, 1e-9, det)
+        x, y = x - (jyy * ex - jxy * ey) / det, y - (jxx * ey - jxy * ex) / det
+
+
+def undistort_px(points: np.ndarray, params: np.ndarray, height: int, width: int,
+                 start: np.ndarray | None = None, iterations: int = 8) -> np.ndarray:
+    """``(N, 2)`` distorted input pixels -> ideal pixels of the input camera."""
+    f, cx, cy = camera_px(params, height, width)
+    x, y, _ = undistort_normalised(points, params, height, width, start, iterations)
+    return np.stack([x * f + cx, y * f + cy], axis=1)
+
+
+def alpha0_camera(params: np.ndarray, height: int, width: int) -> tuple[float, float, float, float]:
+    """Output camera ``(fx, fy, cx, cy)`` in pixels with no black border: per axis, the widest
+    view whose every pixel samples inside the input (`lens.geometry.optimal_new_cameras`)."""
+    t = np.linspace(0.0, 1.0, _BORDER_SAMPLES)
+    zeros, ones = np.zeros_like(t), np.ones_like(t)
+    u = np.concatenate([zeros, ones, t, t]) * (width - 1)  # left, right, top, bottom edges
+    v = np.concatenate([t, t, zeros, ones]) * (height - 1)
+    x, y, _ = undistort_normalised(np.stack([u, v], axis=1), np.asarray(params, np.float64), height, width)
+    x, y = x.reshape(4, -1), y.reshape(4, -1)
+    x0, x1 = x[0].max(), x[1].min()
+    y0, y1 = y[2].max(), y[3].min()
+    fx, fy = (width - 1) / (x1 - x0), (height - 1) / (y1 - y0)
+    return fx, fy, -fx * x0, -fy * y0
+
+
+def correction_maps(params: np.ndarray, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Float pixel maps ``(H, W)`` of the alpha = 0 correction for ``cv2.remap``."""
+    p = np.asarray(params, np.float64)
+    f, cx, cy = camera_px(p, height, width)
+    fx, fy, ncx, ncy = alpha0_camera(p, height, width)
+    k = np.array([[f, 0, cx], [0, f, cy], [0, 0, 1]])
+    new_k = np.array([[fx, 0, ncx], [0, fy, ncy], [0, 0, 1]])
+    dist = np.array([p[0], p[1], p[3], p[4], p[2]])
+    return cv2.initUndistortRectifyMap(k, dist, None, new_k, (width, height), cv2.CV_32FC1)
+
+
+def lattice_safety(params: np.ndarray, height: int, width: int, step: int = 16) -> dict[str, float]:
+    """`SAFETY_STATS` of the parametric correction, on a lattice every ``step`` output pixels
+    (no residual: its two entries are 0), for `lens.runtime.policy.violations`."""
+    p = np.asarray(params, np.float64)
+    f, cx, cy = camera_px(p, height, width)
+    fx, fy, ncx, ncy = alpha0_camera(p, height, width)
+    cols, rows = (width - 1 + step - 1) // step + 1, (height - 1 + step - 1) // step + 1
+    u = np.linspace(0, width - 1, cols)[None, :]
+    v = np.linspace(0, height - 1, rows)[:, None]
+    x, y = np.broadcast_arrays((u - ncx) / fx, (v - ncy) / fy)
+    k1, k2, k3, p1, p2 = p[:5]
+    r2 = x * x + y * y
+    radial = 1 + r2 * (k1 + r2 * (k2 + r2 * k3))
+    px = f * (x * radial + 2 * p1 * x * y + p2 * (r2 + 2 * x * x)) + cx
+    py = f * (y * radial + p1 * (r2 + 2 * y * y) + 2 * p2 * x * y) + cy
+    tol = _OOB_TOLERANCE_PX
+    oob = (px < -tol) | (px > width - 1 + tol) | (py < -tol) | (py > height - 1 + tol)
+    ring = np.concatenate([oob[0], oob[-1], oob[1:-1, 0], oob[1:-1, -1]])
+    du, dv = (width - 1) / (cols - 1), (height - 1) / (rows - 1)
+    det = ((px[:-1, 1:] - px[:-1, :-1]) / du) * ((py[1:, :-1] - py[:-1, :-1]) / dv) - \
+        ((px[1:, :-1] - px[:-1, :-1]) / dv) * ((py[:-1, 1:] - py[:-1, :-1]) / du)
+    stats = {
+        "oob_fraction": float(oob.mean()), "border_invalid_fraction": float(ring.mean()),
+        "jacobian_min": float(det.min()), "jacobian_p01": float(np.percentile(det, 1)),
+        "foldover_fraction": float((det <= 0).mean()), "residual_mean_px": 0.0, "residual_max_px": 0.0,
+    }
+    return {k: stats[k] for k in SAFETY_STATS}
