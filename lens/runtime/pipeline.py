@@ -159,7 +159,7 @@ class Refinement:
     def as_dict(self) -> dict:
         out = {"applied": self.applied, **self.fit.as_dict()}
         if self.rejected:
-            out["reason"] = self.rejected
+            out["code"], out["reason"] = "unsafe", self.rejected
         return out
 
 
@@ -216,7 +216,7 @@ class Runner:
             result.safety = lattice_safety(fit.params, job.image.height, job.image.width)
             unsafe = violations(result.safety, self.t, check_residual=False)
             if unsafe:
-                result.rejected = f"line fit's warp is unsafe ({', '.join(unsafe)})"
+                result.rejected = f"the fitted lens's warp is unsafe ({', '.join(unsafe)})"
             else:
                 result.maps = correction_maps(fit.params, job.image.height, job.image.width)
         job.timings["lines_ms"] = (time.perf_counter() - t) * 1e3
@@ -434,9 +434,8 @@ def _lines_summary(records: list[dict], options: RunOptions, backend: Backend) -
     kept: dict[str, int] = {}
     for f in fits:
         if not f["applied"]:
-            key = f["reason"].split(" (")[0].split(":")[0]
-            kept[key] = kept.get(key, 0) + 1
-    return {"refine": "lines", "applied": sum(f["applied"] for f in fits), "kept_network": kept}
+            kept[f["code"]] = kept.get(f["code"], 0) + 1
+    return {"refine": "lines", "applied": sum(f["applied"] for f in fits), "kept_network": dict(sorted(kept.items()))}
 
 
 def _versions() -> dict:

@@ -48,6 +48,7 @@ MIN_LINE_FRACTION = 0.15  # of the image width
 POINTS_PER_LINE = 32
 MIN_LINES = 5
 MAX_HALF_GAP_PX = 3.0
+FULL_MODEL_F = 1.0
 FULL_MODEL_GAIN = 1.1
 EDGE_NOISE_PX = 0.2  # rms distance of edge points from a straight edge, full resolution
 # spread of (k1, k2) around the network's estimate before the lines are seen: the workload's
@@ -64,13 +65,14 @@ PRIOR_SIGMA = {0: 0.1, 1: 0.2, 2: 0.03, 3: 0.002, 4: 0.002, 6: 0.01, 7: 0.01}
 class LineFit:
     params: np.ndarray  # (8,) float64, PARAM_NAMES order: the refined set, or the prior if not accepted
     accepted: bool
-    reason: str  # "refined" or why the prior was kept
+    code: str  # refined_radial | refined_full | too_few_lines | halves_disagree | out_of_bounds | not_monotonic
+    reason: str  # the same in words, with the numbers
     lines: int  # lines supporting the final fit
     rms_prior_px: float  # median line residual (px) under the prior parameters, same lines
     rms_px: float  # ... under the returned parameters
 
     def as_dict(self) -> dict:
-        return {"accepted": self.accepted, "reason": self.reason, "lines": self.lines,
+        return {"accepted": self.accepted, "code": self.code, "reason": self.reason, "lines": self.lines,
                 "rms_prior_px": round(self.rms_prior_px, 4), "rms_px": round(self.rms_px, 4)}
 
 
@@ -357,18 +359,19 @@ def warp_gap(a: np.ndarray, b: np.ndarray, height: int, width: int) -> float:
     return float(np.linalg.norm(qa - scale * qb, axis=1).mean())
 
 
-def _plausible(params: np.ndarray, height: int, width: int) -> str | None:
+def _implausible(params: np.ndarray, height: int, width: int) -> tuple[str, str] | None:
+    """(code, reason) if a fitted lens is outside the model's bounds or folds the frame."""
     for name, value in zip(PARAM_NAMES, params):
         lo, hi = PARAM_BOUNDS[name]
         if not lo <= value <= hi:
-            return f"fitted {name} = {value:.3f} outside the model's bounds [{lo}, {hi}]"
+            return "out_of_bounds", f"fitted {name} = {value:.3f} outside the model's bounds [{lo}, {hi}]"
     # the radial map r -> r (1 + k1 r^2 + k2 r^4 + k3 r^6) must rise up to the farthest corner
     f, cx, cy = camera_px(params, height, width)
     corner = max(np.hypot(x - cx, y - cy) for x in (0, width - 1) for y in (0, height - 1)) / f
     r2 = np.linspace(0, corner**2, 64)
     slope = 1 + 3 * params[0] * r2 + 5 * params[1] * r2**2 + 7 * params[2] * r2**3
     if slope.min() <= 0.2:
-        return "fitted lens is not monotonic over the frame"
+        return "not_monotonic", "fitted lens is not monotonic over the frame"
     return None
 
 
@@ -388,8 +391,11 @@ def refine_with_lines(grey: np.ndarray, prior: np.ndarray) -> LineFit:
     height, width = grey.shape
     prior = np.asarray(prior, dtype=np.float64).reshape(8)
     pieces = straight_pieces(edge_chains(grey))
-    # the radial model is the workload's lens: k3, tangential terms and centre offset zero
-    params, lines, found = _with(prior, NOT_RADIAL, np.zeros(len(NOT_RADIAL))), None, None
+    # The radial model is the workload's lens: k3, tangential terms and centre offset zero.
+    # Those terms are also centred on zero in the prior (the general regime spreads them
+    # around zero; the network's values for them carry no information yet).
+    network, prior = prior, _with(prior, NOT_RADIAL, np.zeros(len(NOT_RADIAL)))
+    params, lines, found = prior.copy(), None, None
     for max_angle, max_offset in ROUNDS:
         found = _lines(pieces, params, height, width, max_angle, max_offset)
         if len(found) < MIN_LINES:
@@ -402,24 +408,28 @@ def refine_with_lines(grey: np.ndarray, prior: np.ndarray) -> LineFit:
         params, _ = _fit(params, lines, height, width, prior, RADIAL)
     if lines is None:
         count = 0 if found is None else len(found)
-        return LineFit(prior, False, f"too few straight lines ({count} < {MIN_LINES})", count, float("nan"), float("nan"))
-    # Model choice: the five extra terms must cut the lines' residual cost by `FULL_MODEL_GAIN`,
-    # else a centred radial lens (the workload's) is fitted. Points along a line are not
-    # independent (edge texture, JPEG blocks), so an information criterion that counts them as
-    # such picks the full model on radial lenses; on the synthetic validation sets a radial
-    # lens's full fit gains at most ~6%, a decentred or tangential lens gains 3% to 100x.
+        return LineFit(network, False, "too_few_lines", f"too few straight lines ({count} < {MIN_LINES})", count, float("nan"), float("nan"))
+    # Model choice: the five extra terms must cut the residual cost by `FULL_MODEL_GAIN` and
+    # pass an F-test with the lines as observations (few lines fit anything), else the
+    # centred radial lens (the workload's) is kept. Counting points as independent picks the
+    # full model on radial lenses: points along one edge share its texture and JPEG blocks.
+    # Both thresholds were set on synthetic pairs of both regimes: a decentred or tangential
+    # lens's straightness gains little from the right model while its warp gains much.
     radial, cost_radial = _fit(params, lines, height, width, prior, RADIAL)
     full, cost_full = _fit(radial, lines, height, width, prior, FULL)
-    chosen, fitted = (full, FULL) if cost_radial > FULL_MODEL_GAIN * cost_full else (radial, RADIAL)
+    extra, spare = len(FULL) - len(RADIAL), len(lines) - len(FULL)
+    f_ratio = ((cost_radial - cost_full) / extra) / max(cost_full / max(spare, 1), 1e-12)
+    use_full = spare > 0 and f_ratio > FULL_MODEL_F and cost_radial > FULL_MODEL_GAIN * cost_full
+    chosen, fitted = (full, FULL) if use_full else (radial, RADIAL)
     # split-half check: lines of a real lens agree; curves that the fit bent straight do not
     halves = [_fit(chosen, lines.subset(np.arange(len(lines)) % 2 == half), height, width, prior, fitted, 8)[0] for half in (0, 1)]
     gap = warp_gap(halves[0], halves[1], height, width)
-    before = float(np.median(line_residuals(prior, lines, height, width)))
+    before = float(np.median(line_residuals(network, lines, height, width)))
     after = float(np.median(line_residuals(chosen, lines, height, width)))
     model = "full" if fitted == FULL else "radial"
-    problem = _plausible(chosen, height, width)
+    problem = _implausible(chosen, height, width)
     if problem is None and gap > MAX_HALF_GAP_PX:
-        problem = f"two halves of the lines disagree by {gap:.2f} px (> {MAX_HALF_GAP_PX}): not a reliable fit"
+        problem = "halves_disagree", f"two halves of the lines disagree by {gap:.2f} px (> {MAX_HALF_GAP_PX}): not a reliable fit"
     if problem:
-        return LineFit(prior, False, problem, len(lines), before, before)
-    return LineFit(chosen, True, f"refined, {model} model (halves agree to {gap:.2f} px)", len(lines), before, after)
+        return LineFit(network, False, *problem, len(lines), before, before)
+    return LineFit(chosen, True, f"refined_{model}", f"refined, {model} model (halves agree to {gap:.2f} px)", len(lines), before, after)

@@ -1,0 +1,90 @@
+"""The line fit (`lens.runtime.plumb_line`) and the torch-free warp it hands to `lens run`
+(`lens.runtime.lens_maps`), held to the torch geometry that defines the conventions."""
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from lens.geometry import grid_safety_stats, lattice_points, optimal_new_camera, parametric_grid, parametric_points
+from lens.runtime.lens_maps import alpha0_camera, correction_maps, lattice_safety, undistort_px
+from lens.runtime.plumb_line import refine_with_lines
+from lens.training.batches import VAL_SEED_BASE, load_photo
+from lens.training.losses import endpoint_error, warp_points
+from lens.training.scenes import render_scene
+from lens.training.synth import make_pairs
+
+H, W = 1024, 1536
+# what the shipped network predicts for most photos (it learned the typical lens)
+NETWORK = np.array([-0.122, 0.145, 0.161, -0.001, 0.0, 1.032, 0.0, 0.007])
+LENSES = {
+    "workload": [-0.27, 0.33, 0, 0, 0, 1.0, 0, 0],
+    "decentred": [-0.3, 0.3, 0.02, 0.003, -0.002, 1.1, 0.025, -0.02],
+}
+
+
+def _distorted(source: np.ndarray, params) -> np.ndarray:
+    t = torch.from_numpy(source).permute(2, 0, 1)[None].float()
+    distorted, _ = make_pairs(t, torch.tensor([params], dtype=torch.float32), with_target=False)
+    return distorted[0].permute(1, 2, 0).round().clamp(0, 255).byte().numpy()
+
+
+def _epe(params, true) -> float:
+    p = torch.tensor(np.asarray(params)[None], dtype=torch.float32)
+    t = torch.tensor([true], dtype=torch.float32)
+    return float(endpoint_error(warp_points(p, H, W), warp_points(t, H, W), H, W))
+
+
+@pytest.mark.parametrize("name, model", [("workload", "refined_radial"), ("decentred", "refined_full")])
+def test_line_fit_recovers_the_lens_of_a_held_out_scene(name, model):
+    true = LENSES[name]
+    grey = cv2.cvtColor(_distorted(render_scene(VAL_SEED_BASE + 17, H, W, "facade"), true), cv2.COLOR_RGB2GRAY)
+    fit = refine_with_lines(grey, NETWORK)
+    assert fit.accepted and fit.code == model, fit.reason
+    assert fit.lines >= 5
+    assert _epe(NETWORK, true) > 4.0  # the network's lens is visibly wrong here
+    assert _epe(fit.params, true) < 1.0
+    assert fit.rms_px < fit.rms_prior_px
+
+
+def test_photo_without_straight_lines_keeps_the_network_lens():
+    photo = cv2.resize(load_photo("astronaut.jpg"), (W, H), interpolation=cv2.INTER_AREA)
+    grey = cv2.cvtColor(_distorted(photo, LENSES["workload"]), cv2.COLOR_RGB2GRAY)
+    fit = refine_with_lines(grey, NETWORK)
+    assert not fit.accepted
+    assert np.array_equal(fit.params, NETWORK)
+    assert fit.reason and fit.code in ("too_few_lines", "halves_disagree", "out_of_bounds", "not_monotonic")
+
+
+def test_flat_image_has_no_lines():
+    fit = refine_with_lines(np.full((H, W), 128, np.uint8), NETWORK)
+    assert not fit.accepted and fit.code == "too_few_lines" and fit.lines == 0
+
+
+def test_undistortion_inverts_opencv_distortion():
+    rng = np.random.default_rng(0)
+    for params in ([-0.3, 0.5, 0, 0, 0, 1, 0, 0], [0.2, -0.05, 0.04, 0.004, -0.003, 0.8, 0.03, -0.02]):
+        p = np.array(params, np.float64)
+        ideal = rng.uniform([100, 80], [W - 100, H - 80], size=(200, 2))
+        k = np.array([[p[5] * W, 0, (W - 1) / 2 + p[6] * W], [0, p[5] * W, (H - 1) / 2 + p[7] * W], [0, 0, 1]])
+        rays = np.concatenate([(ideal - k[:2, 2]) / k[0, 0], np.ones((200, 1))], axis=1)
+        observed, _ = cv2.projectPoints(rays, np.zeros(3), np.zeros(3), k, np.array([p[0], p[1], p[3], p[4], p[2]]))
+        assert np.abs(undistort_px(observed.reshape(-1, 2), p, H, W) - ideal).max() < 1e-6
+
+
+@pytest.mark.parametrize("params", [[-0.25, 0.3, 0, 0, 0, 1, 0, 0], [-0.1, 0.2, 0.03, 0.003, -0.002, 1.3, 0.025, -0.02]])
+def test_numpy_warp_matches_the_torch_geometry(params):
+    t = torch.tensor([params], dtype=torch.float64)
+    camera = optimal_new_camera(t, H, W)[0].numpy()
+    assert np.allclose(alpha0_camera(np.array(params), H, W), camera, rtol=1e-7, atol=1e-6)
+    map_x, map_y = correction_maps(np.array(params), H, W)
+    grid = parametric_grid(t, optimal_new_camera(t, H, W), H, W)[0].numpy()
+    px, py = (grid[..., 0] + 1) * (W - 1) / 2, (grid[..., 1] + 1) * (H - 1) / 2
+    assert max(np.abs(map_x - px).max(), np.abs(map_y - py).max()) < 0.01
+    u, v = lattice_points(H, W, 16, dtype=torch.float64)
+    lattice = parametric_points(t, optimal_new_camera(t, H, W), u, v, H, W)
+    expected = {k: float(x) for k, x in grid_safety_stats(lattice, None, 1, (H, W)).items()}
+    got = lattice_safety(np.array(params), H, W, step=16)
+    for key in ("oob_fraction", "border_invalid_fraction", "foldover_fraction"):
+        assert got[key] == pytest.approx(expected[key], abs=1e-9)
+    for key in ("jacobian_min", "jacobian_p01"):
+        assert got[key] == pytest.approx(expected[key], rel=1e-5)
