@@ -368,6 +368,7 @@ def evaluate_cmd(
     data: str = typer.Option("synthetic:workload", help="synthetic:workload | synthetic:general | a folder of labelled pairs."),
     count: int = typer.Option(100, min=1, help="Images for synthetic data."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the summary as JSON."),
+    lines: bool = typer.Option(True, help="Also evaluate the network's lens refitted to straight lines (what `lens run` applies)."),
 ) -> None:
     """Endpoint error of the warp (mean, median, p95; pixels at native resolution), SSIM to the
     target and modes chosen, against the identity and the best fixed parameter set."""
@@ -398,7 +399,7 @@ def evaluate_cmd(
         samples, total = dataset_samples(data, "val"), None
     with _progress() as progress:
         task = progress.add_task("eval", total=total, rate="")
-        summary = evaluate(model, samples, ckpt["stage"] != "param", fixed, on_sample=lambda: progress.advance(task))
+        summary = evaluate(model, samples, ckpt["stage"] != "param", fixed, on_sample=lambda: progress.advance(task), lines=lines)
     summary.update(checkpoint=str(checkpoint), stage=ckpt["stage"], data=data)
     table = Table(title=f"{escape(data)}: {summary['images']} images, {escape(ckpt['stage'])} checkpoint")
     for col in ("method", "EPE mean px", "median", "p95", "SSIM"):
@@ -407,6 +408,8 @@ def evaluate_cmd(
         table.add_row(name, f"{m['epe_mean']:.3f}", f"{m['epe_median']:.3f}", f"{m['epe_p95']:.3f}", "-" if m["ssim"] is None else f"{m['ssim']:.4f}")
     console.print(table)
     console.print("modes: " + ", ".join(f"{k} {v:.1%}" for k, v in summary["modes"].items()))
+    if "line_fit" in summary:
+        console.print("line fit: " + ", ".join(f"{k} {v}" for k, v in summary["line_fit"].items()))
     if json_out:
         _write_json(json_out, summary)
 

@@ -222,11 +222,31 @@ def _join(pieces: _Pieces, undistorted: np.ndarray, max_angle_deg: float, max_of
     normal = np.stack([-np.sin(angle), np.cos(angle)], axis=1)
     polarity = np.bincount(pieces.label, (pieces.grad * normal[pieces.label]).sum(axis=1), pieces.count)
     normal = np.where(polarity[:, None] < 0, -normal, normal)
-    offset = np.abs(normal @ centre.T - (normal * centre).sum(axis=1)[:, None])  # centre j from line i
-    linked = (normal @ normal.T > np.cos(np.radians(max_angle_deg))) & (offset < max_offset_px) & (offset.T < max_offset_px)
+    # Only pieces whose (polarity-aware) normal angles are close can link: compare each
+    # angle bucket with itself and its next one (buckets as wide as the angle tolerance).
+    heading = np.arctan2(normal[:, 1], normal[:, 0]) % (2 * np.pi)
+    buckets = max(1, int(2 * np.pi / np.radians(max_angle_deg)))
+    bucket = np.minimum((heading / (2 * np.pi) * buckets).astype(np.int64), buckets - 1)
+    members = [np.flatnonzero(bucket == b) for b in range(buckets)]
+    cos_max = np.cos(np.radians(max_angle_deg))
+    pairs = []
+    for b in range(buckets):
+        rows = members[b]
+        cols = np.concatenate([rows, members[(b + 1) % buckets]]) if buckets > 1 else rows
+        if len(rows) == 0 or len(cols) == 0:
+            continue
+        n_r, c_r, n_c, c_c = normal[rows], centre[rows], normal[cols], centre[cols]
+        offset = np.abs(n_r @ c_c.T - (n_r * c_r).sum(axis=1)[:, None])  # centre j from line i
+        offset_t = np.abs((c_r @ n_c.T) - (n_c * c_c).sum(axis=1)[None, :])  # centre i from line j
+        linked = (n_r @ n_c.T > cos_max) & (offset < max_offset_px) & (offset_t < max_offset_px)
+        i, j = np.nonzero(linked)
+        pairs.append(np.stack([rows[i], cols[j]], axis=1))
+    edges = np.concatenate(pairs) if pairs else np.zeros((0, 2), np.int64)
     labels = np.arange(pieces.count)
-    while True:  # connected components by label propagation with pointer jumping
-        new = np.where(linked, labels[None, :], pieces.count).min(axis=1)
+    while True:  # connected components: min-label propagation along edges, pointer jumping
+        new = labels.copy()
+        np.minimum.at(new, edges[:, 0], labels[edges[:, 1]])
+        np.minimum.at(new, edges[:, 1], labels[edges[:, 0]])
         new = new[new]
         if np.array_equal(new, labels):
             return labels

@@ -1,5 +1,8 @@
 """`lens eval`: warp endpoint error at native resolution against two baselines.
 
+Methods: the network's warp ("model"), and that warp's lens refitted to the photo's straight
+lines as `lens run` does by default ("model+lines", `lens.runtime.plumb_line`).
+
 For every image: the model's warp (with its residual for hybrid / fine-tuned checkpoints) is
 compared with the label's warp on a 17 x 25 lattice at the image's own resolution; the
 corrected image is compared with the target by SSIM; the safety policy picks a mode. Two
@@ -12,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 
@@ -25,7 +29,9 @@ from lens.geometry import (
     parametric_grid,
 )
 from lens.qa.metrics import ssim, to_grey
-from lens.runtime.policy import MODES, choose_mode
+from lens.runtime.lens_maps import lattice_safety
+from lens.runtime.plumb_line import refine_with_lines
+from lens.runtime.policy import MODES, SafetyThresholds, choose_mode, violations
 from lens.runtime.sampling import warp_with_grid
 from lens.training.batches import SOURCE_W, Sample
 from lens.training.losses import endpoint_error, warp_points
@@ -85,16 +91,33 @@ def _stats(grid, flow=None) -> dict[str, float]:
     return {k: float(v) for k, v in grid_safety_stats(grid, flow, jacobian_stride=8).items()}
 
 
+def _line_fit(rgb: np.ndarray, network: torch.Tensor, thresholds: SafetyThresholds) -> tuple[torch.Tensor | None, str]:
+    """What `lens run --refine lines` does with the network's parameters: the fitted lens
+    ``(1, 8)`` when the fit is accepted and its warp is safe (else None), and the fit's code."""
+    fit = refine_with_lines(cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2GRAY), network[0].double().numpy())
+    if not fit.accepted:
+        return None, fit.code
+    h, w = rgb.shape[:2]
+    if violations(lattice_safety(fit.params, h, w), thresholds, check_residual=False):
+        return None, "unsafe"
+    return torch.tensor(fit.params[None], dtype=torch.float32), fit.code
+
+
 def evaluate(model: LensNet, samples: Iterator[Sample], use_flow: bool, fixed: torch.Tensor,
-             on_sample: Callable[[], None] | None = None) -> dict:
-    """Per-method endpoint errors and similarities, and the share of images per mode."""
-    rows = {"model": [], "identity": [], "best_fixed": []}
-    sims = {"model": [], "identity": [], "best_fixed": []}
+             on_sample: Callable[[], None] | None = None, lines: bool = True) -> dict:
+    """Per-method endpoint errors and similarities, and the share of images per mode.
+    ``lines``: also the method "model+lines", the network's lens refitted to the photo's
+    straight lines as `lens run` does (`lens.runtime.plumb_line`)."""
+    names = ("model", "model+lines", "identity", "best_fixed") if lines else ("model", "identity", "best_fixed")
+    rows = {n: [] for n in names}
+    sims = {n: [] for n in names}
     modes = dict.fromkeys(MODES, 0)
+    line_codes: dict[str, int] = {}
     identity = torch.tensor([IDENTITY], dtype=torch.float32)
     for s in samples:
         h, w = s.original.shape[:2]
         params, flow = predict(model, s.original)
+        network = params
         true = warp_points(s.params, h, w)
         with torch.no_grad():
             param_grid = parametric_grid(params, optimal_new_camera(params, h, w), h, w)
@@ -109,7 +132,12 @@ def evaluate(model: LensNet, samples: Iterator[Sample], use_flow: bool, fixed: t
             cons = conservative_params(params)
             model_grid, model_flow = parametric_grid(cons, optimal_new_camera(cons, h, w), h, w), None
             params = cons
-        for name, p, f, grid in (("model", params, model_flow, model_grid), ("identity", identity, None, None), ("best_fixed", fixed, None, None)):
+        methods = [("model", params, model_flow, model_grid), ("identity", identity, None, None), ("best_fixed", fixed, None, None)]
+        if lines:
+            fitted, code = _line_fit(s.original, network, SafetyThresholds())
+            line_codes[code] = line_codes.get(code, 0) + 1
+            methods.insert(1, ("model+lines", fitted, None, None) if fitted is not None else ("model+lines", params, model_flow, model_grid))
+        for name, p, f, grid in methods:
             rows[name].append(float(endpoint_error(warp_points(p, h, w, f), true, h, w)))
             if s.target is not None:
                 if grid is None:
@@ -120,6 +148,8 @@ def evaluate(model: LensNet, samples: Iterator[Sample], use_flow: bool, fixed: t
             on_sample()
     n = len(rows["model"])
     summary = {"images": n, "modes": {m: c / max(1, n) for m, c in modes.items()}, "methods": {}}
+    if lines:
+        summary["line_fit"] = dict(sorted(line_codes.items()))
     for name, errs in rows.items():
         e = np.array(errs)
         summary["methods"][name] = {
