@@ -5,9 +5,11 @@ thread count, same process (issue bar: lens >= 0.5x OpenCV).
 
 Baseline per image: cv2.imread, getOptimalNewCameraMatrix + initUndistortRectifyMap (known
 k1 = -0.2, k2 = 0.4; maps rebuilt per image, as each photo has its own coefficients) + remap,
-cv2.imwrite JPEG 95 4:4:4. lens: the full `lens run` pipeline (Pillow decode, ONNX Runtime
-inference of the default model, safety + fallback, OpenCV sampling, Pillow encode, atomic
-write, metadata). Both run over THREADS worker threads. Runs alternate twice; best of each.
+cv2.imwrite JPEG 95 4:4:4. lens: the full `lens run` pipeline (decode, ONNX Runtime inference of
+the default model, safety + fallback, OpenCV sampling, encode, atomic write, metadata), once
+with the default line fit (`--refine lines`: the lens refitted to each photo's straight lines)
+and once without (`--refine off`). All run over THREADS worker threads. Runs alternate twice;
+best of each.
 """
 from __future__ import annotations
 
@@ -54,8 +56,8 @@ def opencv_pipeline(src: Path, out: Path, threads: int) -> float:
     return len(files) / (time.perf_counter() - t)
 
 
-def lens_pipeline(src: Path, out: Path, threads: int, backend) -> float:
-    summary = run(src, out, backend, RunOptions(batch=1, workers=threads), {})
+def lens_pipeline(src: Path, out: Path, threads: int, backend, refine: str) -> float:
+    summary = run(src, out, backend, RunOptions(batch=1, workers=threads, refine=refine), {})
     return summary["throughput"]["images_per_s"]
 
 
@@ -65,15 +67,17 @@ def main(n: int = 24, threads: int = 2) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "in"
         make_inputs(src, n)
-        cv_rates, lens_rates = [], []
+        rates: dict[str, list[float]] = {"OpenCV undistort pipeline": [], "lens run --refine lines": [], "lens run --refine off": []}
         for rep in range(2):
-            cv_rates.append(opencv_pipeline(src, Path(tmp) / f"cv{rep}", threads))
-            lens_rates.append(lens_pipeline(src, Path(tmp) / f"lens{rep}", threads, backend))
-        cv_best, lens_best = max(cv_rates), max(lens_rates)
+            rates["OpenCV undistort pipeline"].append(opencv_pipeline(src, Path(tmp) / f"cv{rep}", threads))
+            for refine in ("lines", "off"):
+                rates[f"lens run --refine {refine}"].append(lens_pipeline(src, Path(tmp) / f"lens-{refine}{rep}", threads, backend, refine))
+        best = {k: max(v) for k, v in rates.items()}
         print(f"{n} images 2048x1367, {threads} threads")
-        print(f"OpenCV undistort pipeline: {cv_best:.2f} images/s  (runs: {', '.join(f'{r:.2f}' for r in cv_rates)})")
-        print(f"lens run (ORT CPU):        {lens_best:.2f} images/s  (runs: {', '.join(f'{r:.2f}' for r in lens_rates)})")
-        print(f"ratio lens / OpenCV: {lens_best / cv_best:.2f}  (bar: >= 0.5)")
+        for name, runs in rates.items():
+            print(f"{name:27s} {best[name]:6.2f} images/s  (runs: {', '.join(f'{r:.2f}' for r in runs)})")
+        for refine in ("lines", "off"):
+            print(f"ratio lens (--refine {refine}) / OpenCV: {best[f'lens run --refine {refine}'] / best['OpenCV undistort pipeline']:.2f}  (bar: >= 0.5)")
 
 
 if __name__ == "__main__":

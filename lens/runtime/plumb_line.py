@@ -49,6 +49,7 @@ POINTS_PER_LINE = 32
 MIN_LINES = 5
 MAX_HALF_GAP_PX = 3.0
 FULL_MODEL_F = 1.0
+ROUND_ITERATIONS = 6  # Levenberg-Marquardt steps of the early rounds and the split-half fits
 FULL_MODEL_GAIN = 1.1
 EDGE_NOISE_PX = 0.2  # rms distance of edge points from a straight edge, full resolution
 # spread of (k1, k2) around the network's estimate before the lines are seen: the workload's
@@ -139,19 +140,28 @@ def edge_chains(grey: np.ndarray) -> _Chains:
     high = max(CANNY_FLOOR, float(np.percentile(magnitude[::4, ::4], CANNY_PERCENTILE)))
     edges = cv2.Canny(gx.astype(np.int16), gy.astype(np.int16), high * CANNY_LOW_RATIO, high, L2gradient=True)
     contours, _ = cv2.findContours(edges, cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
-    kept = []
-    for contour in contours:
-        c = contour.reshape(-1, 2)
-        # chains too short to hold one straight piece are noise (texture)
-        if len(c) < MIN_CHAIN or np.ptp(c, axis=0).max() * scale < MIN_PIECE_PX:
-            continue
-        # a one-pixel-wide edge is walked out and back: keep each pixel once, in walking order
-        _, first = np.unique(c[:, 0] * 65536 + c[:, 1], return_index=True)
-        if len(first) >= MIN_CHAIN:
-            kept.append(c[np.sort(first)])
-    if not kept:
+    # chains too short to hold one straight piece are texture: dropped before any numpy work
+    contours = [c for c in contours if len(c) >= MIN_CHAIN]
+    if not contours:
         return _Chains([], np.zeros((0, 2)), np.zeros((0, 2)), scale)
-    c = np.concatenate(kept)
+    every = np.concatenate(contours).reshape(-1, 2)
+    chain = np.repeat(np.arange(len(contours)), [len(c) for c in contours])
+    # a one-pixel-wide edge is walked out and back: keep each pixel once per chain, in order
+    _, first = np.unique((chain.astype(np.int64) << 32) | (every[:, 0].astype(np.int64) << 16) | every[:, 1], return_index=True)
+    first.sort()
+    every, chain = every[first], chain[first]
+    sizes = np.bincount(chain, minlength=len(contours))
+    lo = np.minimum.reduceat(every, np.flatnonzero(np.r_[True, chain[1:] != chain[:-1]]))
+    hi = np.maximum.reduceat(every, np.flatnonzero(np.r_[True, chain[1:] != chain[:-1]]))
+    present = np.flatnonzero(sizes)
+    extent = np.zeros(len(contours))
+    extent[present] = (hi - lo).max(axis=1) * scale
+    good = (sizes >= MIN_CHAIN) & (extent >= MIN_PIECE_PX)
+    keep = good[chain]
+    c, chain = every[keep], chain[keep]
+    if len(c) == 0:
+        return _Chains([], np.zeros((0, 2)), np.zeros((0, 2)), scale)
+    kept = np.split(c, np.flatnonzero(chain[1:] != chain[:-1]) + 1)
     g = np.stack([gx[c[:, 1], c[:, 0]], gy[c[:, 1], c[:, 0]]], axis=1).astype(np.float64)
     # sub-pixel: the parabola peak of the gradient magnitude along the gradient direction
     n = g / np.maximum(np.linalg.norm(g, axis=1, keepdims=True), 1e-9)
@@ -415,8 +425,8 @@ def refine_with_lines(grey: np.ndarray, prior: np.ndarray) -> LineFit:
     # Those terms are also centred on zero in the prior (the general regime spreads them
     # around zero; the network's values for them carry no information yet).
     network, prior = prior, _with(prior, NOT_RADIAL, np.zeros(len(NOT_RADIAL)))
-    params, lines, found = prior.copy(), None, None
-    for max_angle, max_offset in ROUNDS:
+    params, lines, found, converged = prior.copy(), None, None, False
+    for round_index, (max_angle, max_offset) in enumerate(ROUNDS):
         found = _lines(pieces, params, height, width, max_angle, max_offset)
         if len(found) < MIN_LINES:
             break
@@ -425,7 +435,9 @@ def refine_with_lines(grey: np.ndarray, prior: np.ndarray) -> LineFit:
         if len(found) < MIN_LINES:
             break
         lines = found
-        params, _ = _fit(params, lines, height, width, prior, RADIAL)
+        # early rounds only need the lens well enough to join the next round's lines
+        converged = round_index == len(ROUNDS) - 1
+        params, cost_radial = _fit(params, lines, height, width, prior, RADIAL, 20 if converged else ROUND_ITERATIONS)
     if lines is None:
         count = 0 if found is None else len(found)
         return LineFit(network, False, "too_few_lines", f"too few straight lines ({count} < {MIN_LINES})", count, float("nan"), float("nan"))
@@ -435,14 +447,16 @@ def refine_with_lines(grey: np.ndarray, prior: np.ndarray) -> LineFit:
     # full model on radial lenses: points along one edge share its texture and JPEG blocks.
     # Both thresholds were set on synthetic pairs of both regimes: a decentred or tangential
     # lens's straightness gains little from the right model while its warp gains much.
-    radial, cost_radial = _fit(params, lines, height, width, prior, RADIAL)
+    radial = params if converged else None
+    if radial is None:  # a later round found too few lines: finish the fit on the last ones
+        radial, cost_radial = _fit(params, lines, height, width, prior, RADIAL)
     full, cost_full = _fit(radial, lines, height, width, prior, FULL)
     extra, spare = len(FULL) - len(RADIAL), len(lines) - len(FULL)
     f_ratio = ((cost_radial - cost_full) / extra) / max(cost_full / max(spare, 1), 1e-12)
     use_full = spare > 0 and f_ratio > FULL_MODEL_F and cost_radial > FULL_MODEL_GAIN * cost_full
     chosen, fitted = (full, FULL) if use_full else (radial, RADIAL)
     # split-half check: lines of a real lens agree; curves that the fit bent straight do not
-    halves = [_fit(chosen, lines.subset(np.arange(len(lines)) % 2 == half), height, width, prior, fitted, 8)[0] for half in (0, 1)]
+    halves = [_fit(chosen, lines.subset(np.arange(len(lines)) % 2 == half), height, width, prior, fitted, ROUND_ITERATIONS)[0] for half in (0, 1)]
     gap = warp_gap(halves[0], halves[1], height, width)
     before = float(np.median(line_residuals(network, lines, height, width)))
     after = float(np.median(line_residuals(chosen, lines, height, width)))
