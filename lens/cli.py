@@ -409,7 +409,9 @@ def evaluate_cmd(
     console.print(table)
     console.print("modes: " + ", ".join(f"{k} {v:.1%}" for k, v in summary["modes"].items()))
     if "line_fit" in summary:
-        console.print("line fit: " + ", ".join(f"{k} {v}" for k, v in summary["line_fit"].items()))
+        used = summary["line_fit_used"]
+        console.print("line fit: " + ", ".join(f"{k} {v}" for k, v in summary["line_fit"].items())
+                      + (f"; EPE where used: mean {used['epe_mean']:.3f} px, max {used['epe_max']:.3f} px" if used["images"] else ""))
     if json_out:
         _write_json(json_out, summary)
 

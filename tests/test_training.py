@@ -88,8 +88,11 @@ def test_eval_reports_model_and_both_baselines(tmp_path):
     result = runner.invoke(app, ["eval", "--checkpoint", str(run / "param" / "best.pt"), "--data", "synthetic:workload", "--count", "3", "--json", str(out)])
     assert result.exit_code == 0, result.output
     summary = json.loads(out.read_text())
-    assert set(summary["methods"]) == {"model", "identity", "best_fixed"}
+    assert set(summary["methods"]) == {"model", "model+lines", "identity", "best_fixed"}
     assert summary["methods"]["identity"]["epe_mean"] > 0 and summary["images"] == 3
+    assert sum(summary["line_fit"].values()) == 3
+    if any(code.startswith("refined") for code in summary["line_fit"]):  # held-out scenes: lines to fit
+        assert summary["methods"]["model+lines"]["epe_mean"] < summary["methods"]["model"]["epe_mean"]
     assert abs(sum(summary["modes"].values()) - 1) < 1e-9
 
 

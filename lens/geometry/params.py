@@ -30,7 +30,7 @@ from typing import Sequence
 
 import torch
 
-from lens.conventions import PARAM_BOUNDS, PARAM_NAMES  # torch-free, shared with the runtime
+from lens.conventions import PARAM_BOUNDS, PARAM_NAMES  # noqa: F401 (PARAM_BOUNDS re-exported here); torch-free, shared with the runtime
 
 NUM_PARAMS = len(PARAM_NAMES)
 

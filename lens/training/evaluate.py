@@ -113,6 +113,7 @@ def evaluate(model: LensNet, samples: Iterator[Sample], use_flow: bool, fixed: t
     sims = {n: [] for n in names}
     modes = dict.fromkeys(MODES, 0)
     line_codes: dict[str, int] = {}
+    refitted: list[bool] = []
     identity = torch.tensor([IDENTITY], dtype=torch.float32)
     for s in samples:
         h, w = s.original.shape[:2]
@@ -136,6 +137,7 @@ def evaluate(model: LensNet, samples: Iterator[Sample], use_flow: bool, fixed: t
         if lines:
             fitted, code = _line_fit(s.original, network, SafetyThresholds())
             line_codes[code] = line_codes.get(code, 0) + 1
+            refitted.append(fitted is not None)
             methods.insert(1, ("model+lines", fitted, None, None) if fitted is not None else ("model+lines", params, model_flow, model_grid))
         for name, p, f, grid in methods:
             rows[name].append(float(endpoint_error(warp_points(p, h, w, f), true, h, w)))
@@ -150,6 +152,9 @@ def evaluate(model: LensNet, samples: Iterator[Sample], use_flow: bool, fixed: t
     summary = {"images": n, "modes": {m: c / max(1, n) for m, c in modes.items()}, "methods": {}}
     if lines:
         summary["line_fit"] = dict(sorted(line_codes.items()))
+        used = np.array(rows["model+lines"])[np.array(refitted, dtype=bool)] if n else np.zeros(0)
+        summary["line_fit_used"] = {"images": int(len(used)), "epe_mean": float(used.mean()) if len(used) else None,
+                                    "epe_max": float(used.max()) if len(used) else None}
     for name, errs in rows.items():
         e = np.array(errs)
         summary["methods"][name] = {
