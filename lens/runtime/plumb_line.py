@@ -44,7 +44,9 @@ MIN_CHAIN = 24  # edge pixels at WORK_WIDTH
 MIN_PIECE_PX = 30.0
 PIECE_TOLERANCE = 2.0  # Douglas-Peucker tolerance (edge pixels are whole working pixels here)
 PIECE_STRIDE = 4  # every 4th edge pixel: neighbours carry the same information
-ROUNDS = ((4.0, 12.0), (2.0, 6.0), (1.0, 3.0))  # per round: join angle (deg), join offset (px)
+# per round: join angle (deg), join offset (px), largest rms distance from straight a line may
+# keep (px; before the round's fit: a wrong starting lens leaves real lines bent by up to ~6 px)
+ROUNDS = ((4.0, 12.0, 8.0), (2.0, 6.0, 2.0), (1.0, 3.0, 1.0))
 MIN_LINE_FRACTION = 0.15  # of the image width
 POINTS_PER_LINE = 32
 # Fit
@@ -60,13 +62,14 @@ FULL_MODEL_GAIN, FULL_MODEL_F = 1.1, 1.0  # model choice (`refine_with_lines`)
 # Acceptance
 MIN_LINES = 5
 MAX_HALF_GAP_PX = 3.0
+MAX_LINE_RMS_PX = 0.6  # median over the fitted lines: real edges fit to 0.05-0.3 px, wood grain does not
 
 
 @dataclass
 class LineFit:
     params: np.ndarray  # (8,) float64, PARAM_NAMES order: the refined set, or the prior if not accepted
     accepted: bool
-    code: str  # refined_radial | refined_full | too_few_lines | halves_disagree | out_of_bounds | not_monotonic
+    code: str  # refined_radial | refined_full | too_few_lines | lines_not_straight | halves_disagree | out_of_bounds | not_monotonic
     reason: str  # the same in words, with the numbers
     lines: int  # lines supporting the final fit
     rms_prior_px: float  # median line residual (px) under the prior parameters, same lines
@@ -426,12 +429,12 @@ def refine_with_lines(grey: np.ndarray, prior: np.ndarray) -> LineFit:
     # around zero; the network's values for them carry no information yet).
     network, prior = prior, _with(prior, NOT_RADIAL, np.zeros(len(NOT_RADIAL)))
     params, lines, found, converged = prior.copy(), None, None, False
-    for round_index, (max_angle, max_offset) in enumerate(ROUNDS):
+    for round_index, (max_angle, max_offset, max_rms) in enumerate(ROUNDS):
         found = _lines(pieces, params, height, width, max_angle, max_offset)
         if len(found) < MIN_LINES:
             break
         r = line_residuals(params, found, height, width)
-        found = found.subset(r <= 3 * np.median(r) + 0.5)
+        found = found.subset(r <= min(3 * np.median(r) + 0.5, max_rms))
         if len(found) < MIN_LINES:
             break
         lines = found
@@ -462,6 +465,8 @@ def refine_with_lines(grey: np.ndarray, prior: np.ndarray) -> LineFit:
     after = float(np.median(line_residuals(chosen, lines, height, width)))
     model = "full" if fitted == FULL else "radial"
     problem = _implausible(chosen, height, width)
+    if problem is None and after > MAX_LINE_RMS_PX:
+        problem = "lines_not_straight", f"the fitted lines stay {after:.2f} px from straight (> {MAX_LINE_RMS_PX}): not straight edges"
     if problem is None and gap > MAX_HALF_GAP_PX:
         problem = "halves_disagree", f"two halves of the lines disagree by {gap:.2f} px (> {MAX_HALF_GAP_PX}): not a reliable fit"
     if problem:
