@@ -48,7 +48,7 @@ def test_gpu_codec_matches_cpu_path_and_keeps_metadata(tmp_path, photos, torch_c
     summary = _run(photos, tmp_path / "gpu", torch_cuda, "gpu")
     assert summary["codec"].startswith("gpu")
     assert [f["id"] for f in summary["failed"]] == ["cut"]
-    cpu = run(photos, tmp_path / "cpu", OnnxRuntimeBackend(DEFAULT_BUILD, "cpu"), RunOptions(workers=2), {})
+    cpu = run(photos, tmp_path / "cpu", OnnxRuntimeBackend(DEFAULT_BUILD, "cpu"), RunOptions(workers=2, refine="off"), {})
     assert cpu["ok"] == summary["ok"] == 4
     for name in ("a0.jpg", "a1.jpg", "a2.jpg", "grey.jpg"):
         with Image.open(tmp_path / "gpu" / name) as g, Image.open(tmp_path / "cpu" / name) as c, Image.open(photos / name) as src:
@@ -81,3 +81,16 @@ def test_cuda_graph_replay_matches_eager(torch_cuda):
         assert not torch_cuda.graphs.failed, torch_cuda.graphs.failed
         for k in eager:
             assert torch.equal(replayed[k], eager[k]), k
+
+
+def test_line_fit_on_a_gpu_backend_matches_the_cpu_path(tmp_path, photos, torch_cuda):
+    """`--refine lines` with the torch backend on CUDA: the pixels stay on the host (CPU codec),
+    the fit replaces the GPU's warp where it is used, as on the CPU path."""
+    summary = run(photos, tmp_path / "gpu", torch_cuda, RunOptions(batch=4, workers=4, refine="lines"), {})
+    assert summary["codec"].startswith("cpu (the line fit") and summary["lines"]["refine"].startswith("lines")
+    cpu = run(photos, tmp_path / "cpu", OnnxRuntimeBackend(DEFAULT_BUILD, "cpu"), RunOptions(workers=2, refine="lines"), {})
+    assert summary["lines"]["applied"] == cpu["lines"]["applied"]
+    for name in ("a0.jpg", "a1.jpg", "a2.jpg", "grey.jpg"):
+        with Image.open(tmp_path / "gpu" / name) as g, Image.open(tmp_path / "cpu" / name) as c:
+            diff = np.abs(np.asarray(g, dtype=np.int16) - np.asarray(c, dtype=np.int16))
+            assert diff.mean() < 1.5, (name, diff.mean())

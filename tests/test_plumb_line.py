@@ -109,7 +109,7 @@ def test_lens_run_applies_the_line_fit_and_records_it(tmp_path):
     errors = {}
     for refine in ("lines", "off"):
         out = tmp_path / refine
-        result = CliRunner().invoke(app, ["run", str(src), str(out), "--refine", refine])
+        result = CliRunner().invoke(app, ["run", str(src), str(out), "--refine", refine, "--workers", "2"])
         assert result.exit_code == 0, result.output
         record = json.loads((out / "lens-run" / "images.jsonl").read_text())
         summary = json.loads((out / "lens-run" / "summary.json").read_text())
@@ -119,7 +119,10 @@ def test_lens_run_applies_the_line_fit_and_records_it(tmp_path):
             assert record["lines"]["applied"] and record["lines"]["code"] == "refined_radial"
             assert record["mode"] == "param_only" and record["network_params"] != record["params"]
             assert abs(record["params"]["k1"] - LENSES["workload"][0]) < 0.03
-            assert summary["lines"]["applied"] == 1 and "lines: 1 of 1" in result.output
+            assert summary["lines"]["applied"] == 1 and "line fit: 1 of 1" in result.output
         else:
             assert "lines" not in record and summary["lines"] == {"refine": "off (asked for)"}
     assert errors["lines"] < 0.5 * errors["off"], errors
+    again = tmp_path / "again"  # the fit is deterministic: same bytes with another thread count
+    assert CliRunner().invoke(app, ["run", str(src), str(again), "--workers", "1"]).exit_code == 0
+    assert (again / "facade.png").read_bytes() == (tmp_path / "lines" / "facade.png").read_bytes()

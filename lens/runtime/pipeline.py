@@ -41,7 +41,7 @@ class RunOptions:
     quality: int = 95
     mode_override: int = -1  # -1 automatic, else an index into MODES
     codec: str = "auto"  # auto | cpu | gpu: where JPEGs are decoded and encoded (`choose_codec`)
-    refine: str = "lines"  # lines | off: refit the lens to the photo's straight lines (`lens.runtime.plumb_line`)
+    refine: str = "auto"  # auto | lines | off: refit the lens to the photo's straight lines (`line_fit_plan`)
 
 
 @dataclass
@@ -121,9 +121,28 @@ def _max_displacement(map_x: np.ndarray, map_y: np.ndarray) -> float:
     return float(np.sqrt((map_x[::8, ::8] - u) ** 2 + (map_y[::8, ::8] - v) ** 2).max())
 
 
-def choose_codec(backend: Backend, wanted: str):
+def line_fit_plan(backend: Backend, options: RunOptions) -> tuple[bool, str]:
+    """Whether this run refits each lens to the photo's straight lines, and why (one line).
+    ``auto``: yes where the CPU samples anyway; GPU backends keep their own warp at GPU speed
+    (the fit costs ~0.2 s of a CPU core per 2048-px photo) unless ``lines`` asks for it."""
+    if options.refine not in ("auto", "lines", "off"):
+        raise ValueError(f"unknown --refine {options.refine!r}: choose auto, lines or off")
+    if options.refine == "off":
+        return False, "off (asked for)"
+    if options.mode_override >= 0:
+        return False, "off (the mode is forced)"
+    if backend.samples_on_device and options.refine == "auto":
+        return False, (f"off ({backend.name} on {backend.device} warps in the graph at GPU speed; "
+                       "--refine lines refits on the CPU at ~0.2 s of a core per photo)")
+    if backend.samples_on_device:
+        return True, "lines (refitted on the CPU; where a fit is used, OpenCV re-warps the photo)"
+    return True, "lines (each lens refitted to the photo's straight lines where they allow)"
+
+
+def choose_codec(backend: Backend, wanted: str, line_fit: bool = False):
     """(GpuJpegCodec or None, one line saying which codec and why). ``auto`` takes the GPU
-    codec when the backend keeps images on the GPU and nvImageCodec starts."""
+    codec when the backend keeps images on the GPU and nvImageCodec starts, and no line fit
+    needs the pixels on the host."""
     from lens.runtime.backends import BackendUnavailable
     from lens.runtime.gpu_jpeg import GpuJpegUnavailable, shared_codec
 
@@ -131,6 +150,10 @@ def choose_codec(backend: Backend, wanted: str):
         raise BackendUnavailable(f"unknown codec {wanted!r}: choose auto, cpu or gpu")
     if wanted == "cpu":
         return None, "cpu (asked for)"
+    if line_fit and backend.device_resident:
+        if wanted == "gpu":
+            raise BackendUnavailable("--codec gpu keeps the pixels on the GPU, the line fit (--refine lines) needs them on the host: choose one")
+        return None, "cpu (the line fit needs the pixels on the host)"
     if not backend.device_resident:
         if wanted == "gpu":
             raise BackendUnavailable(f"--codec gpu needs the torch backend on CUDA, not {backend.name} on {backend.device}")
@@ -167,6 +190,7 @@ class Runner:
     def __init__(self, backend: Backend, options: RunOptions, thresholds: SafetyThresholds = SafetyThresholds(), has_residual: bool = True,
                  codec=None):
         self.codec = codec
+        self.line_fit = line_fit_plan(backend, options)[0]
         self.backend = backend
         if codec is not None and getattr(backend, "graphs", None) is not None:
             backend.graphs.capture_guard = codec.exclusive
@@ -225,12 +249,13 @@ class Runner:
     def _finish(self, jobs: list[Job], out: dict[str, np.ndarray]) -> list[dict]:
         records = []
         for i, job in enumerate(jobs):
-            refined = None
-            if "maps" in out and self.options.refine == "lines" and self.options.mode_override < 0:
-                refined = self._refine(job, out["params"][i])
+            refined = self._refine(job, out["params"][i]) if self.line_fit else None
             t = time.perf_counter()
-            if "maps" in out:
-                maps = refined.maps if refined is not None and refined.applied else out["maps"][i]
+            if refined is not None and refined.applied:  # the fitted lens's warp replaces the graph's
+                warped = warp_with_maps(_rgb(job), *refined.maps)
+                displacement = _max_displacement(*refined.maps)
+            elif "maps" in out:
+                maps = out["maps"][i]
                 warped = warp_with_maps(_rgb(job), maps[0], maps[1])
                 displacement = _max_displacement(maps[0], maps[1])
             elif "corrected_hwc" in out:
@@ -359,7 +384,8 @@ def run(src: Path, out: Path, backend: Backend, options: RunOptions, info: dict,
 
     for r in refused:
         record(r)
-    codec, codec_reason = codec_choice or choose_codec(backend, options.codec)
+    line_fit, line_fit_reason = line_fit_plan(backend, options)
+    codec, codec_reason = codec_choice or choose_codec(backend, options.codec, line_fit)
     runner = Runner(backend, options, has_residual=has_residual, codec=codec)
     t0 = time.perf_counter()
     workers = max(1, options.workers)
@@ -411,7 +437,7 @@ def run(src: Path, out: Path, backend: Backend, options: RunOptions, info: dict,
         "hard_unsafe": [r["id"] for r in ordered if r.get("hard_unsafe")],
         "throughput": {"images": len(ok_now), "wall_s": round(wall, 3), "images_per_s": round(len(ok_now) / wall, 3) if wall > 0 else None},
         "codec": codec_reason,
-        "lines": _lines_summary(ok_now, options, backend),
+        "lines": _lines_summary(ok_now, line_fit, line_fit_reason),
         "backend_state": backend.describe(),
         "options": {"batch": options.batch, "workers": options.workers, "quality": options.quality,
                     "mode": "auto" if options.mode_override < 0 else MODES[options.mode_override]},
@@ -422,20 +448,16 @@ def run(src: Path, out: Path, backend: Backend, options: RunOptions, info: dict,
     return summary
 
 
-def _lines_summary(records: list[dict], options: RunOptions, backend: Backend) -> dict:
+def _lines_summary(records: list[dict], line_fit: bool, reason: str) -> dict:
     """How many images of this run got the line fit, and why the others did not."""
-    if options.refine != "lines":
-        return {"refine": "off (asked for)"}
-    if backend.samples_on_device:
-        return {"refine": f"off: {backend.name} on {backend.device} warps inside the graph; the line fit runs on the CPU path"}
-    if options.mode_override >= 0:
-        return {"refine": "off: the mode is forced"}
+    if not line_fit:
+        return {"refine": reason}
     fits = [r["lines"] for r in records if "lines" in r]
     kept: dict[str, int] = {}
     for f in fits:
         if not f["applied"]:
             kept[f["code"]] = kept.get(f["code"], 0) + 1
-    return {"refine": "lines", "applied": sum(f["applied"] for f in fits), "kept_network": dict(sorted(kept.items()))}
+    return {"refine": reason, "applied": sum(f["applied"] for f in fits), "kept_network": dict(sorted(kept.items()))}
 
 
 def _versions() -> dict:
