@@ -126,3 +126,17 @@ def test_lens_run_applies_the_line_fit_and_records_it(tmp_path):
     again = tmp_path / "again"  # the fit is deterministic: same bytes with another thread count
     assert CliRunner().invoke(app, ["run", str(src), str(again), "--workers", "1"]).exit_code == 0
     assert (again / "facade.png").read_bytes() == (tmp_path / "lines" / "facade.png").read_bytes()
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_a_failing_fit_keeps_the_network_lens(processes):
+    from lens.runtime.plumb_line import LineFitPool
+
+    pool = LineFitPool(processes)
+    try:
+        fit = pool.fit(np.zeros((4, 4, 4, 4), np.uint8), NETWORK)  # not a greyscale image
+        assert fit.code == "fit_error" and not fit.accepted and np.array_equal(fit.params, NETWORK)
+        grey = cv2.cvtColor(_distorted(render_scene(VAL_SEED_BASE + 17, H, W, "facade"), LENSES["workload"]), cv2.COLOR_RGB2GRAY)
+        assert pool.fit(grey, NETWORK).code == "refined_radial"  # the pool still works after it
+    finally:
+        pool.close()

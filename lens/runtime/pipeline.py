@@ -188,9 +188,9 @@ class Refinement:
 
 class Runner:
     def __init__(self, backend: Backend, options: RunOptions, thresholds: SafetyThresholds = SafetyThresholds(), has_residual: bool = True,
-                 codec=None):
+                 codec=None, line_fits=None):
         self.codec = codec
-        self.line_fit = line_fit_plan(backend, options)[0]
+        self.line_fits = line_fits  # a `LineFitPool` when this run refits lenses to lines
         self.backend = backend
         if codec is not None and getattr(backend, "graphs", None) is not None:
             backend.graphs.capture_guard = codec.exclusive
@@ -229,12 +229,11 @@ class Runner:
         """Refit the network's lens to the photo's straight lines; the fit is applied only
         when it is accepted (`refine_with_lines`) and its warp passes the param_only checks."""
         from lens.runtime.lens_maps import correction_maps, lattice_safety
-        from lens.runtime.plumb_line import refine_with_lines
 
         t = time.perf_counter()
         px = job.image.pixels
         grey = px[..., 0] if px.shape[2] == 1 else cv2.cvtColor(np.ascontiguousarray(px[..., :3]), cv2.COLOR_RGB2GRAY)
-        fit = refine_with_lines(grey, params)
+        fit = self.line_fits.fit(np.ascontiguousarray(grey), params)
         result = Refinement(fit)
         if fit.accepted:
             result.safety = lattice_safety(fit.params, job.image.height, job.image.width)
@@ -249,7 +248,7 @@ class Runner:
     def _finish(self, jobs: list[Job], out: dict[str, np.ndarray]) -> list[dict]:
         records = []
         for i, job in enumerate(jobs):
-            refined = self._refine(job, out["params"][i]) if self.line_fit else None
+            refined = self._refine(job, out["params"][i]) if self.line_fits is not None else None
             t = time.perf_counter()
             if refined is not None and refined.applied:  # the fitted lens's warp replaces the graph's
                 warped = warp_with_maps(_rgb(job), *refined.maps)
@@ -386,7 +385,12 @@ def run(src: Path, out: Path, backend: Backend, options: RunOptions, info: dict,
         record(r)
     line_fit, line_fit_reason = line_fit_plan(backend, options)
     codec, codec_reason = codec_choice or choose_codec(backend, options.codec, line_fit)
-    runner = Runner(backend, options, has_residual=has_residual, codec=codec)
+    line_fits = None
+    if line_fit:
+        from lens.runtime.plumb_line import LineFitPool
+
+        line_fits = LineFitPool(options.workers)
+    runner = Runner(backend, options, has_residual=has_residual, codec=codec, line_fits=line_fits)
     t0 = time.perf_counter()
     workers = max(1, options.workers)
     try:
@@ -422,6 +426,8 @@ def run(src: Path, out: Path, backend: Backend, options: RunOptions, info: dict,
             drain(0)
     finally:
         part.close()
+        if line_fits is not None:
+            line_fits.close()
     wall = time.perf_counter() - t0
     ordered = [records[k] for k in sorted(records)]
     write_atomic(run_dir / IMAGES_FILE, "".join(json.dumps(r, sort_keys=True) + "\n" for r in ordered).encode())

@@ -27,6 +27,9 @@ straight lines). The thresholds below were set on synthetic scenes of both regim
 """
 from __future__ import annotations
 
+import multiprocessing
+import threading
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 import cv2
@@ -69,7 +72,7 @@ MAX_LINE_RMS_PX = 0.6  # median over the fitted lines: real edges fit to 0.05-0.
 class LineFit:
     params: np.ndarray  # (8,) float64, PARAM_NAMES order: the refined set, or the prior if not accepted
     accepted: bool
-    code: str  # refined_radial | refined_full | too_few_lines | lines_not_straight | halves_disagree | out_of_bounds | not_monotonic
+    code: str  # refined_radial | refined_full | too_few_lines | lines_not_straight | halves_disagree | out_of_bounds | not_monotonic | fit_error
     reason: str  # the same in words, with the numbers
     lines: int  # lines supporting the final fit
     rms_prior_px: float  # median line residual (px) under the prior parameters, same lines
@@ -472,3 +475,33 @@ def refine_with_lines(grey: np.ndarray, prior: np.ndarray) -> LineFit:
     if problem:
         return LineFit(network, False, *problem, len(lines), before, before)
     return LineFit(chosen, True, f"refined_{model}", f"refined, {model} model (halves agree to {gap:.2f} px)", len(lines), before, after)
+
+
+class LineFitPool:
+    """`refine_with_lines` in worker processes. The fit is numpy on arrays of a few thousand
+    points, so Python holds the GIL most of the time: two threads fitted slower than one here
+    (3.5 against 4.6 fits/s on 2 cores); processes scale with the cores. Started on first use
+    (spawned: the parent holds ONNX Runtime / CUDA threads that must not be forked); one
+    process runs the fit inline. A fit that raises keeps the network's lens."""
+
+    def __init__(self, processes: int):
+        self.processes = max(1, processes)
+        self._pool = None
+        self._lock = threading.Lock()
+
+    def fit(self, grey: np.ndarray, prior: np.ndarray) -> LineFit:
+        try:
+            if self.processes == 1:
+                return refine_with_lines(grey, prior)
+            with self._lock:
+                if self._pool is None:
+                    self._pool = ProcessPoolExecutor(self.processes, mp_context=multiprocessing.get_context("spawn"))
+            return self._pool.submit(refine_with_lines, grey, prior).result()
+        except Exception as exc:  # a numerical corner case must not stop a run of thousands
+            prior = np.asarray(prior, dtype=np.float64).reshape(8)
+            return LineFit(prior, False, "fit_error", f"line fit failed: {type(exc).__name__}: {exc}", 0, float("nan"), float("nan"))
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
