@@ -30,6 +30,7 @@ from __future__ import annotations
 import multiprocessing
 import threading
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
 import cv2
@@ -481,8 +482,9 @@ class LineFitPool:
     """`refine_with_lines` in worker processes. The fit is numpy on arrays of a few thousand
     points, so Python holds the GIL most of the time: two threads fitted slower than one here
     (3.5 against 4.6 fits/s on 2 cores); processes scale with the cores. Started on first use
-    (spawned: the parent holds ONNX Runtime / CUDA threads that must not be forked); one
-    process runs the fit inline. A fit that raises keeps the network's lens."""
+    (spawned: the parent holds ONNX Runtime / CUDA threads that must not be forked, so a script
+    that calls `lens.runtime.pipeline.run` needs the usual ``if __name__ == "__main__":``
+    guard); one process runs the fit inline. A fit that raises keeps the network's lens."""
 
     def __init__(self, processes: int):
         self.processes = max(1, processes)
@@ -491,12 +493,17 @@ class LineFitPool:
 
     def fit(self, grey: np.ndarray, prior: np.ndarray) -> LineFit:
         try:
-            if self.processes == 1:
-                return refine_with_lines(grey, prior)
-            with self._lock:
-                if self._pool is None:
-                    self._pool = ProcessPoolExecutor(self.processes, mp_context=multiprocessing.get_context("spawn"))
-            return self._pool.submit(refine_with_lines, grey, prior).result()
+            if self.processes > 1:
+                try:
+                    with self._lock:
+                        if self._pool is None:
+                            self._pool = ProcessPoolExecutor(self.processes, mp_context=multiprocessing.get_context("spawn"))
+                    return self._pool.submit(refine_with_lines, grey, prior).result()
+                except BrokenProcessPool:
+                    # workers could not start (e.g. a calling script without a __main__ guard,
+                    # which spawned processes re-import): fit in this process from now on
+                    self.processes = 1
+            return refine_with_lines(grey, prior)
         except Exception as exc:  # a numerical corner case must not stop a run of thousands
             prior = np.asarray(prior, dtype=np.float64).reshape(8)
             return LineFit(prior, False, "fit_error", f"line fit failed: {type(exc).__name__}: {exc}", 0, float("nan"), float("nan"))
