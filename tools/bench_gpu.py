@@ -11,7 +11,8 @@ files, same process (issue bars: >= 20x the naive loop, >= 0.5x the decode + enc
   write);
 - lens: the `lens run` pipeline with the torch backend on CUDA, with the GPU JPEG codec
   (`--codec gpu`, batch 16) and with CPU codecs (`--codec cpu`, batch 8), plus the mean
-  per-image stage times from its records.
+  per-image stage times from its records; and, reported apart, with the opt-in line fit
+  (`--refine lines`: CPU codec, the fit in WORKERS processes, OpenCV re-warp where used).
 
 Needs a CUDA GPU, torch and torchvision; nvImageCodec for the GPU codec rows.
 """
@@ -116,23 +117,26 @@ def main(n_small: int = 96, n_large: int = 32, workers: int = 14) -> None:
             src = Path(tmp) / f"in{w}"
             files = make_inputs(src, n, (w, h), workers)
             row = {"size": f"{w}x{h}", "images": n}
-            for codec, batch in (("gpu", 16), ("cpu", 8)):
+            # the line fit is opt-in on GPU backends (`--refine lines`: CPU codec, CPU fit in
+            # worker processes); its row is reported, not counted as lens's best
+            for codec, batch, refine in (("gpu", 16, "auto"), ("cpu", 8, "auto"), ("cpu", 8, "lines")):
+                key = f"lens_{codec}_codec" + ("_line_fit" if refine == "lines" else "")
                 try:
-                    options = RunOptions(batch=batch, workers=workers, codec=codec)
-                    run(src, Path(tmp) / f"warm{w}{codec}", backend, options, {})  # warm-up (cudnn autotune, codec init)
-                    out = Path(tmp) / f"lens{w}{codec}"
+                    options = RunOptions(batch=batch, workers=workers, codec=codec, refine=refine)
+                    run(src, Path(tmp) / f"warm{w}{key}", backend, options, {})  # warm-up (cudnn autotune, codec init)
+                    out = Path(tmp) / f"{key}{w}"
                     summary = run(src, out, backend, options, {})
-                    row[f"lens_{codec}_codec"] = summary["throughput"]["images_per_s"]
-                    row[f"stages_{codec}_codec_ms"] = stage_means(out)
+                    row[key] = summary["throughput"]["images_per_s"]
+                    row[f"stages_{key}_ms"] = stage_means(out)
                 except Exception as exc:  # report and go on: one missing row must not lose the others
-                    row[f"lens_{codec}_codec"] = f"failed: {type(exc).__name__}: {exc}"
+                    row[key] = f"failed: {type(exc).__name__}: {exc}"
             row["naive"] = naive(files[: min(12, n)], backend.graph, Path(tmp) / f"naive{w}")
             row["floor_torchvision_420"] = floor(files)
             try:
                 row["floor_nvimgcodec_444"] = floor_nvimgcodec(files)
             except Exception as exc:
                 row["floor_nvimgcodec_444"] = f"failed: {type(exc).__name__}: {exc}"
-            best = max((v for k, v in row.items() if k.startswith("lens_") and isinstance(v, float)), default=None)
+            best = max((v for k, v in row.items() if k.startswith("lens_") and not k.endswith("_line_fit") and isinstance(v, float)), default=None)
             if best:
                 row["lens_over_naive"] = round(best / row["naive"], 2)
                 for k in ("floor_torchvision_420", "floor_nvimgcodec_444"):
