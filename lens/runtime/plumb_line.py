@@ -51,6 +51,7 @@ PIECE_STRIDE = 4  # every 4th edge pixel: neighbours carry the same information
 # per round: join angle (deg), join offset (px), largest rms distance from straight a line may
 # keep (px; before the round's fit: a wrong starting lens leaves real lines bent by up to ~6 px)
 ROUNDS = ((4.0, 12.0, 8.0), (2.0, 6.0, 2.0), (1.0, 3.0, 1.0))
+JOIN_BUCKET_DEG = 8.0  # pieces are compared within one angle bucket and the next: wide buckets, few Python steps
 MIN_LINE_FRACTION = 0.15  # of the image width
 POINTS_PER_LINE = 32
 # Fit
@@ -242,7 +243,7 @@ def _join(pieces: _Pieces, undistorted: np.ndarray, max_angle_deg: float, max_of
     # Only pieces whose (polarity-aware) normal angles are close can link: compare each
     # angle bucket with itself and its next one (buckets as wide as the angle tolerance).
     heading = np.arctan2(normal[:, 1], normal[:, 0]) % (2 * np.pi)
-    buckets = max(1, int(2 * np.pi / np.radians(max_angle_deg)))
+    buckets = max(1, int(2 * np.pi / np.radians(max(max_angle_deg, JOIN_BUCKET_DEG))))
     bucket = np.minimum((heading / (2 * np.pi) * buckets).astype(np.int64), buckets - 1)
     members = [np.flatnonzero(bucket == b) for b in range(buckets)]
     cos_max = np.cos(np.radians(max_angle_deg))
