@@ -168,22 +168,40 @@ def choose_codec(backend: Backend, wanted: str, line_fit: bool = False):
 
 @dataclass
 class Refinement:
-    """What the line fit did for one image (`Runner._refine`)."""
+    """What the line fit did for one image (`fit_lines_checked`)."""
 
     fit: object  # lens.runtime.plumb_line.LineFit
     safety: dict | None = None  # SAFETY_STATS of the fitted warp
-    maps: tuple[np.ndarray, np.ndarray] | None = None  # set when the fit is applied
     rejected: str | None = None  # why an accepted fit was not applied
+    maps: tuple[np.ndarray, np.ndarray] | None = None  # the fitted warp, once a runner builds it
 
     @property
     def applied(self) -> bool:
-        return self.maps is not None
+        return self.fit.accepted and self.rejected is None
 
     def as_dict(self) -> dict:
         out = {"applied": self.applied, **self.fit.as_dict()}
         if self.rejected:
             out["code"], out["reason"] = "unsafe", self.rejected
         return out
+
+
+def fit_lines_checked(pixels: np.ndarray, params: np.ndarray, thresholds: SafetyThresholds, fit=None) -> Refinement:
+    """Refit the network's lens ``params`` to the straight lines of ``(H, W, C)`` pixels with
+    ``fit`` (default `refine_with_lines`; `LineFitPool.fit` in a run); an accepted fit is
+    applied only if its warp passes the param_only checks. `lens run` and `lens eval` share it."""
+    from lens.runtime.lens_maps import lattice_safety
+    from lens.runtime.plumb_line import refine_with_lines
+
+    grey = pixels[..., 0] if pixels.shape[2] == 1 else cv2.cvtColor(np.ascontiguousarray(pixels[..., :3]), cv2.COLOR_RGB2GRAY)
+    result = Refinement((fit or refine_with_lines)(np.ascontiguousarray(grey), params))
+    if result.fit.accepted:
+        height, width = pixels.shape[:2]
+        result.safety = lattice_safety(result.fit.params, height, width)
+        unsafe = violations(result.safety, thresholds, check_residual=False)
+        if unsafe:
+            result.rejected = f"the fitted lens's warp is unsafe ({', '.join(unsafe)})"
+    return result
 
 
 class Runner:
@@ -226,22 +244,13 @@ class Runner:
         }
 
     def _refine(self, job: Job, params: np.ndarray) -> Refinement:
-        """Refit the network's lens to the photo's straight lines; the fit is applied only
-        when it is accepted (`refine_with_lines`) and its warp passes the param_only checks."""
-        from lens.runtime.lens_maps import correction_maps, lattice_safety
+        """`fit_lines_checked` in this run's worker processes, and the warp of an applied fit."""
+        from lens.runtime.lens_maps import correction_maps
 
         t = time.perf_counter()
-        px = job.image.pixels
-        grey = px[..., 0] if px.shape[2] == 1 else cv2.cvtColor(np.ascontiguousarray(px[..., :3]), cv2.COLOR_RGB2GRAY)
-        fit = self.line_fits.fit(np.ascontiguousarray(grey), params)
-        result = Refinement(fit)
-        if fit.accepted:
-            result.safety = lattice_safety(fit.params, job.image.height, job.image.width)
-            unsafe = violations(result.safety, self.t, check_residual=False)
-            if unsafe:
-                result.rejected = f"the fitted lens's warp is unsafe ({', '.join(unsafe)})"
-            else:
-                result.maps = correction_maps(fit.params, job.image.height, job.image.width)
+        result = fit_lines_checked(job.image.pixels, params, self.t, self.line_fits.fit)
+        if result.applied:
+            result.maps = correction_maps(result.fit.params, job.image.height, job.image.width)
         job.timings["lines_ms"] = (time.perf_counter() - t) * 1e3
         return result
 

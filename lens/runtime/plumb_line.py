@@ -106,10 +106,10 @@ def _undistort_derivative(points, params, height, width, start, iterations, fitt
                 bx, by = r2 + 2 * x * x, 2 * x * y
             deriv[:, 0, j] = -(ixx * bx + ixy * by) * f
             deriv[:, 1, j] = -(ixy * bx + iyy * by) * f
-        else:  # principal point (units of the width): ideal = f u((p - c) / f) + c
-            axis = index - 6
-            deriv[:, 0, j] = ((1.0 if axis == 0 else 0.0) - (ixx if axis == 0 else ixy)) * width
-            deriv[:, 1, j] = ((1.0 if axis == 1 else 0.0) - (ixy if axis == 0 else iyy)) * width
+        elif index == 6:  # principal point, in units of the width: ideal = f u((p - c) / f) + c
+            deriv[:, 0, j], deriv[:, 1, j] = (1 - ixx) * width, -ixy * width
+        else:
+            deriv[:, 0, j], deriv[:, 1, j] = -ixy * width, (1 - iyy) * width
     return np.stack([x * f + cx, y * f + cy], axis=1), deriv
 
 
@@ -320,10 +320,10 @@ def line_residuals(params: np.ndarray, lines: _Lines, height: int, width: int) -
 
 class _Straightness:
     """Residuals (per point: distance from its line's best fit, over the line's current
-    length, times its starting length, over the root of the line's point count) and their Jacobian by (k1, k2) for Levenberg-Marquardt,
-    with each line's own fit (offset, angle) projected out: variable projection (Golub and
-    Pereyra), so Gauss-Newton steps see only what the lens changes. Newton is warm-started
-    from the ideal points of the parameters the function was created with."""
+    length, times its starting length) and their Jacobian by the ``fitted`` parameters for
+    Levenberg-Marquardt, with each line's own fit (offset, angle) projected out: variable
+    projection (Golub and Pereyra), so Gauss-Newton steps see only what the lens changes.
+    Newton is warm-started from the ideal points of the parameters the function was made with."""
 
     def __init__(self, params, lines: _Lines, height, width, prior: np.ndarray, fitted: tuple[int, ...]):
         self.params, self.lines, self.size, self.fitted = params, lines, (height, width), fitted
@@ -341,8 +341,7 @@ class _Straightness:
         along = np.stack([np.cos(angle), np.sin(angle)], axis=1)[label]
         q = und - centre[label]
         a = (q * normal).sum(axis=1)
-        # each line counts as one observation (its points share the edge's texture and the
-        # JPEG blocks, they are not independent): its mean squared distance from straight
+        # scale-free: the distance over the line's current length, times its starting length
         norm = (lines.scale / np.sqrt(np.maximum(major, 1e-12)))[label]
         # in units of a real edge's straightness noise, with the prior as more residuals: a
         # photo whose lines do not pin the lens down (a curved flag, a few lines through the
@@ -456,8 +455,8 @@ def refine_with_lines(grey: np.ndarray, prior: np.ndarray) -> LineFit:
     # full model on radial lenses: points along one edge share its texture and JPEG blocks.
     # Both thresholds were set on synthetic pairs of both regimes: a decentred or tangential
     # lens's straightness gains little from the right model while its warp gains much.
-    radial = params if converged else None
-    if radial is None:  # a later round found too few lines: finish the fit on the last ones
+    radial = params
+    if not converged:  # a later round found too few lines: finish the fit on the last ones
         radial, cost_radial = _fit(params, lines, height, width, prior, RADIAL)
     full, cost_full = _fit(radial, lines, height, width, prior, FULL)
     extra, spare = len(FULL) - len(RADIAL), len(lines) - len(FULL)

@@ -15,7 +15,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 
@@ -29,9 +28,8 @@ from lens.geometry import (
     parametric_grid,
 )
 from lens.qa.metrics import ssim, to_grey
-from lens.runtime.lens_maps import lattice_safety
-from lens.runtime.plumb_line import refine_with_lines
-from lens.runtime.policy import MODES, SafetyThresholds, choose_mode, violations
+from lens.runtime.pipeline import fit_lines_checked
+from lens.runtime.policy import MODES, SafetyThresholds, choose_mode
 from lens.runtime.sampling import warp_with_grid
 from lens.training.batches import SOURCE_W, Sample
 from lens.training.losses import endpoint_error, warp_points
@@ -91,16 +89,12 @@ def _stats(grid, flow=None) -> dict[str, float]:
     return {k: float(v) for k, v in grid_safety_stats(grid, flow, jacobian_stride=8).items()}
 
 
-def _line_fit(rgb: np.ndarray, network: torch.Tensor, thresholds: SafetyThresholds) -> tuple[torch.Tensor | None, str]:
-    """What `lens run --refine lines` does with the network's parameters: the fitted lens
-    ``(1, 8)`` when the fit is accepted and its warp is safe (else None), and the fit's code."""
-    fit = refine_with_lines(cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2GRAY), network[0].double().numpy())
-    if not fit.accepted:
-        return None, fit.code
-    h, w = rgb.shape[:2]
-    if violations(lattice_safety(fit.params, h, w), thresholds, check_residual=False):
-        return None, "unsafe"
-    return torch.tensor(fit.params[None], dtype=torch.float32), fit.code
+def _line_fit(rgb: np.ndarray, network: torch.Tensor) -> tuple[torch.Tensor | None, str]:
+    """What `lens run` does with the network's parameters: the fitted lens ``(1, 8)`` when the
+    fit is applied (else None), and the fit's code."""
+    refined = fit_lines_checked(rgb, network[0].double().numpy(), SafetyThresholds())
+    fitted = torch.tensor(refined.fit.params[None], dtype=torch.float32) if refined.applied else None
+    return fitted, refined.as_dict()["code"]
 
 
 def evaluate(model: LensNet, samples: Iterator[Sample], use_flow: bool, fixed: torch.Tensor,
@@ -135,10 +129,11 @@ def evaluate(model: LensNet, samples: Iterator[Sample], use_flow: bool, fixed: t
             params = cons
         methods = [("model", params, model_flow, model_grid), ("identity", identity, None, None), ("best_fixed", fixed, None, None)]
         if lines:
-            fitted, code = _line_fit(s.original, network, SafetyThresholds())
+            fitted, code = _line_fit(s.original, network)
             line_codes[code] = line_codes.get(code, 0) + 1
             refitted.append(fitted is not None)
-            methods.insert(1, ("model+lines", fitted, None, None) if fitted is not None else ("model+lines", params, model_flow, model_grid))
+            if fitted is not None:
+                methods.insert(1, ("model+lines", fitted, None, None))
         for name, p, f, grid in methods:
             rows[name].append(float(endpoint_error(warp_points(p, h, w, f), true, h, w)))
             if s.target is not None:
@@ -146,6 +141,10 @@ def evaluate(model: LensNet, samples: Iterator[Sample], use_flow: bool, fixed: t
                     grid = parametric_grid(p, optimal_new_camera(p, h, w), h, w)
                 out = warp_with_grid(s.original, grid[0].numpy())
                 sims[name].append(ssim(to_grey(out, 512), to_grey(s.target, 512)))
+        if lines and fitted is None:  # the network's warp stands: the same figures as "model"
+            rows["model+lines"].append(rows["model"][-1])
+            if s.target is not None:
+                sims["model+lines"].append(sims["model"][-1])
         if on_sample:
             on_sample()
     n = len(rows["model"])
