@@ -220,24 +220,30 @@ def straight_pieces(chains: _Chains, tolerance: float = PIECE_TOLERANCE) -> _Pie
     """Split chains at corners (Douglas-Peucker in the distorted photo). A lens bends a line
     gently (a 2000 px line bows by ~20 px), so a piece within ``tolerance`` px of straight is
     up to ~500 px long; pieces of one line are joined again after undistortion (`_join`)."""
-    ranges, start = [], 0
-    min_length = MIN_PIECE_PX / chains.scale
-    for pixels in chains.pixels:
-        vertices = cv2.approxPolyDP(pixels.reshape(-1, 1, 2), tolerance / chains.scale, False).reshape(-1, 2)
-        # approxPolyDP returns a subsequence of its input (pixels are unique): their indices
-        keys = pixels[:, 0].astype(np.int64) * 65536 + pixels[:, 1]
-        order = np.argsort(keys)
-        idx = np.unique(order[np.searchsorted(keys[order], vertices[:, 0].astype(np.int64) * 65536 + vertices[:, 1])])
-        for i, j in zip(idx[:-1], idx[1:]):
-            if j - i >= 8 and np.hypot(*(pixels[j] - pixels[i]).astype(np.float64)) >= min_length:
-                ranges.append((start + i + 1, start + j))  # ends dropped: corners round edges
-        start += len(pixels)
-    if not ranges:
+    if not chains.pixels:
+        return _Pieces(np.zeros((0, 2)), np.zeros((0, 2)), np.zeros(0, np.int64), 0)
+    sizes = np.array([len(c) for c in chains.pixels])
+    chain = np.repeat(np.arange(len(sizes)), sizes)
+    pixels = np.concatenate(chains.pixels).astype(np.int64)
+    vertices = [cv2.approxPolyDP(c.reshape(-1, 1, 2), tolerance / chains.scale, False).reshape(-1, 2) for c in chains.pixels]
+    # approxPolyDP returns a subsequence of its input (pixels are unique within a chain): find
+    # their indices among all chains' pixels at once, keyed by (chain, x, y)
+    keys = (chain << 32) | (pixels[:, 0] << 16) | pixels[:, 1]
+    corner = np.concatenate(vertices).astype(np.int64)
+    corner_chain = np.repeat(np.arange(len(sizes)), [len(v) for v in vertices])
+    order = np.argsort(keys)
+    idx = np.unique(order[np.searchsorted(keys[order], (corner_chain << 32) | (corner[:, 0] << 16) | corner[:, 1])])
+    i, j = idx[:-1], idx[1:]  # consecutive corners; a piece lies between two of one chain
+    step = pixels[j] - pixels[i]
+    piece = (chain[i] == chain[j]) & (j - i >= 8) & (np.hypot(step[:, 0], step[:, 1]) >= MIN_PIECE_PX / chains.scale)
+    lo, hi = i[piece] + 1, j[piece]  # ends dropped: corners round edges
+    if len(lo) == 0:
         return _Pieces(np.zeros((0, 2)), np.zeros((0, 2)), np.zeros(0, np.int64), 0)
     # every `PIECE_STRIDE`-th edge pixel: neighbours carry the same information
-    index = np.concatenate([np.arange(i, j, PIECE_STRIDE) for i, j in ranges])
-    label = np.repeat(np.arange(len(ranges)), [len(range(i, j, PIECE_STRIDE)) for i, j in ranges])
-    return _Pieces(chains.points[index], chains.grad[index], label, len(ranges))
+    counts = (hi - lo + PIECE_STRIDE - 1) // PIECE_STRIDE
+    label = np.repeat(np.arange(len(lo)), counts)
+    index = np.repeat(lo, counts) + PIECE_STRIDE * (np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts))
+    return _Pieces(chains.points[index], chains.grad[index], label, len(lo))
 
 
 def _moments(points: np.ndarray, label: np.ndarray, count: int):
@@ -308,12 +314,13 @@ class _Lines:
         return _Lines(self.points[mask], remap[self.label[mask]], self.scale[keep])
 
 
-def _lines(pieces: _Pieces, params, height, width, max_angle, max_offset) -> _Lines:
+def _lines(pieces: _Pieces, params, height, width, max_angle, max_offset, start=None) -> tuple[_Lines, np.ndarray | None]:
     """Long straight lines under ``params``: joined pieces at least `MIN_LINE_FRACTION` of the
-    width long, each thinned to about `POINTS_PER_LINE` points."""
+    width long, each thinned to about `POINTS_PER_LINE` points; and the pieces' undistorted
+    points, the ``start`` of the next round's Newton iterations (a few then do)."""
     if pieces.count == 0:
-        return _Lines(np.zeros((0, 2)), np.zeros(0, np.int64), np.zeros(0))
-    undistorted = undistort_px(pieces.points, params, height, width)
+        return _Lines(np.zeros((0, 2)), np.zeros(0, np.int64), np.zeros(0)), None
+    undistorted = undistort_px(pieces.points, params, height, width, start, 8 if start is None else 3)
     _, line = np.unique(_join(pieces, undistorted, max_angle, max_offset)[pieces.label], return_inverse=True)
     count = int(line.max()) + 1
     _, _, major, _, _ = _moments(undistorted, line, count)
@@ -324,7 +331,7 @@ def _lines(pieces: _Pieces, params, height, width, max_angle, max_offset) -> _Li
     rank[order] = np.arange(len(line)) - np.repeat(np.cumsum(sizes) - sizes, sizes)
     keep = long_enough[line] & (rank % np.maximum(sizes // POINTS_PER_LINE, 1)[line] == 0)
     _, label = np.unique(line[keep], return_inverse=True)
-    return _Lines(pieces.points[keep], label, np.sqrt(major[long_enough]))
+    return _Lines(pieces.points[keep], label, np.sqrt(major[long_enough])), undistorted
 
 
 def _with(params: np.ndarray, fitted: tuple[int, ...], values: np.ndarray) -> np.ndarray:
@@ -517,9 +524,9 @@ def refine_with_lines(grey: np.ndarray, prior: np.ndarray) -> LineFit:
     # Those terms are also centred on zero in the prior (the general regime spreads them
     # around zero; the network's values for them carry no information yet).
     network = prior
-    params, lines, found, converged = _with(prior, NOT_RADIAL, np.zeros(len(NOT_RADIAL))), None, None, False
+    params, lines, found, converged, undistorted = _with(prior, NOT_RADIAL, np.zeros(len(NOT_RADIAL))), None, None, False, None
     for round_index, (max_angle, max_offset, max_rms) in enumerate(ROUNDS):
-        found = _lines(pieces, params, height, width, max_angle, max_offset)
+        found, undistorted = _lines(pieces, params, height, width, max_angle, max_offset, undistorted)
         if len(found) < MIN_LINES:
             break
         r = line_residuals(params, found, height, width)
