@@ -17,6 +17,15 @@ PARAM_BOUNDS: dict[str, tuple[float, float]] = {
     "cy": (-0.1, 0.1),
 }
 
+#: The lenses of the two synthetic regimes (`lens.training.synth`): (low, high) per parameter in
+#: `PARAM_NAMES` order, uniform; a fixed value has low == high. "general" spans every lens the
+#: default model is trained and validated on; the runtime's line fit takes it as the range of
+#: plausible lenses (`lens.runtime.plumb_line`).
+REGIME_RANGES: dict[str, list[tuple[float, float]]] = {
+    "workload": [(-0.35, 0.0), (0.0, 0.6), (0.0, 0.0), (0.0, 0.0), (0.0, 0.0), (1.0, 1.0), (0.0, 0.0), (0.0, 0.0)],
+    "general": [(-0.4, 0.25), (-0.1, 0.5), (-0.05, 0.05), (-0.004, 0.004), (-0.004, 0.004), (0.7, 1.5), (-0.03, 0.03), (-0.03, 0.03)],
+}
+
 #: Order of the safety statistics of a grid (definitions: `lens.geometry.safety`).
 SAFETY_STATS: tuple[str, ...] = (
     "oob_fraction",  # share of output pixels sampling outside the input (would show padding)

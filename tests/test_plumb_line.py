@@ -8,7 +8,7 @@ import torch
 from lens.conventions import PARAM_BOUNDS, PARAM_NAMES
 from lens.geometry import grid_safety_stats, lattice_points, optimal_new_camera, parametric_grid, parametric_points
 from lens.runtime.lens_maps import alpha0_camera, correction_maps, lattice_safety, undistort_px
-from lens.runtime.plumb_line import refine_with_lines
+from lens.runtime.plumb_line import equivalent_in_bounds, refine_with_lines
 from lens.training.batches import VAL_SEED_BASE, load_photo
 from lens.training.losses import endpoint_error, warp_points
 from lens.training.scenes import render_scene
@@ -34,7 +34,7 @@ def _distorted(source: np.ndarray, params) -> np.ndarray:
 
 def _epe(params, true) -> float:
     p = torch.tensor(np.asarray(params)[None], dtype=torch.float32)
-    t = torch.tensor([true], dtype=torch.float32)
+    t = torch.tensor(np.asarray(true, dtype=np.float64)[None], dtype=torch.float32)
     return float(endpoint_error(warp_points(p, H, W), warp_points(t, H, W), H, W))
 
 
@@ -157,3 +157,14 @@ def test_a_failing_fit_keeps_the_network_lens(processes):
         assert pool.fit(grey, NETWORK).code == "refined_radial"  # the pool still works after it
     finally:
         pool.close()
+
+
+def test_fitted_lens_is_reported_as_the_same_warp_and_implausible_lenses_are_refused():
+    # the fit works at the network's focal length; a wide lens there has large coefficients
+    wide_at_network_focal = np.array([-0.3408, 1.6132, 0, 0, 0, 1.032, 0, 0])  # = LENSES["wide"] (f = 0.75)
+    reported = equivalent_in_bounds(wide_at_network_focal)
+    assert reported is not None and reported[5] != wide_at_network_focal[5]
+    assert _epe(reported, wide_at_network_focal) < 1e-3  # the same warp
+    # a lens the fit once bent a cat's fur straight with: within the model's bounds at
+    # f = 0.70, but no lens of the general regime at any focal length
+    assert equivalent_in_bounds(np.array([-1.635, 5.459, 0, 0, 0, 1.032, 0, 0])) is None

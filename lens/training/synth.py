@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lens.conventions import REGIME_RANGES
 from lens.geometry import (
     distortion_points,
     intrinsics_px,
@@ -35,14 +36,7 @@ from lens.geometry import (
     undistort_points,
 )
 
-REGIMES = ("workload", "general")
-
-# (low, high) per parameter in PARAM_NAMES order; a fixed value has low == high.
-_RANGES = {
-    "workload": [(-0.35, 0.0), (0.0, 0.6), (0.0, 0.0), (0.0, 0.0), (0.0, 0.0), (1.0, 1.0), (0.0, 0.0), (0.0, 0.0)],
-    "general": [(-0.4, 0.25), (-0.1, 0.5), (-0.05, 0.05), (-0.004, 0.004), (-0.004, 0.004), (0.7, 1.5), (-0.03, 0.03), (-0.03, 0.03)],
-}
-
+REGIMES = tuple(REGIME_RANGES)
 
 def border_is_invertible(params: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """``(B,)`` True where every point of the image border has an ideal ray under ``params``."""
@@ -58,9 +52,9 @@ def border_is_invertible(params: torch.Tensor, height: int, width: int) -> torch
 
 def sample_params(regime: str, count: int, rng: np.random.Generator, height: int = 1367, width: int = 2048) -> torch.Tensor:
     """``(count, 8)`` float32 parameter sets of ``regime``, all with an invertible border."""
-    if regime not in _RANGES:
+    if regime not in REGIME_RANGES:
         raise ValueError(f"unknown regime {regime!r}; choose from {REGIMES}")
-    lo, hi = np.array(_RANGES[regime]).T
+    lo, hi = np.array(REGIME_RANGES[regime]).T
     out: list[torch.Tensor] = [torch.zeros(0, len(lo), dtype=torch.float64)]
     while sum(len(o) for o in out) < count:
         draw = torch.from_numpy(rng.uniform(lo, hi, size=(count, len(lo)))).double()
