@@ -519,14 +519,18 @@ def _fit(params, lines, height, width, prior, fitted, iterations=20) -> tuple[np
     return _with(params, fitted, values), float(residuals @ residuals)
 
 
-def _evidence(residual_network: np.ndarray, residual_fit: np.ndarray, fitted: int) -> float:
-    """F statistic of the fitted lens against the network's, the lines as observations: how
-    much straighter the lines became per parameter freed, against what is left per line."""
-    cost_network, cost_fit = float((residual_network**2).sum()), float((residual_fit**2).sum())
-    spare = len(residual_fit) - fitted
+def _f_statistic(cost_restricted: float, cost_free: float, freed: int, spare: int) -> float:
+    """F statistic of a model with ``freed`` more parameters: the cost it saves per parameter
+    freed, against its remaining cost per ``spare`` observation (lines: points along one edge
+    share its texture and JPEG blocks, so they are not independent)."""
     if spare <= 0:
         return 0.0
-    return ((cost_network - cost_fit) / fitted) / max(cost_fit / spare, 1e-12)
+    return ((cost_restricted - cost_free) / freed) / max(cost_free / spare, 1e-12)
+
+
+def _evidence(residual_network: np.ndarray, residual_fit: np.ndarray, fitted: int) -> float:
+    """How much straighter the lines are under the fitted lens than under the network's."""
+    return _f_statistic(float((residual_network**2).sum()), float((residual_fit**2).sum()), fitted, len(residual_fit) - fitted)
 
 
 def refine_with_lines(grey: np.ndarray, prior: np.ndarray) -> LineFit:
@@ -537,8 +541,8 @@ def refine_with_lines(grey: np.ndarray, prior: np.ndarray) -> LineFit:
     prior = np.asarray(prior, dtype=np.float64).reshape(8)
     pieces = straight_pieces(edge_chains(grey))
     # The radial model is the workload's lens: k3, tangential terms and centre offset zero.
-    # Those terms are also centred on zero in the prior (the general regime spreads them
-    # around zero; the network's values for them carry no information yet).
+    # The prior centres the full model's extra terms on zero too (the general regime spreads
+    # them around zero; the network's values for them carry no information yet).
     network = prior
     params, lines, found, converged, undistorted = _with(prior, NOT_RADIAL, np.zeros(len(NOT_RADIAL))), None, None, False, None
     for round_index, (max_angle, max_offset, max_rms) in enumerate(ROUNDS):
@@ -566,9 +570,8 @@ def refine_with_lines(grey: np.ndarray, prior: np.ndarray) -> LineFit:
     if not converged:  # a later round found too few lines: finish the fit on the last ones
         radial, cost_radial = _fit(params, lines, height, width, prior, RADIAL)
     full, cost_full = _fit(radial, lines, height, width, prior, FULL)
-    extra, spare = len(FULL) - len(RADIAL), len(lines) - len(FULL)
-    f_ratio = ((cost_radial - cost_full) / extra) / max(cost_full / max(spare, 1), 1e-12)
-    use_full = spare > 0 and f_ratio > FULL_MODEL_F and cost_radial > FULL_MODEL_GAIN * cost_full
+    f_ratio = _f_statistic(cost_radial, cost_full, len(FULL) - len(RADIAL), len(lines) - len(FULL))
+    use_full = f_ratio > FULL_MODEL_F and cost_radial > FULL_MODEL_GAIN * cost_full
     # The full model, when chosen, must pass the checks too; if it does not (its principal
     # point is the least determined term, so its split halves disagree first), the radial lens
     # is checked in its place: on general-regime scenes it still gets most of the way.
