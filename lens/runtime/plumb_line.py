@@ -478,26 +478,28 @@ def _plausible_bounds() -> dict[str, tuple[float, float]]:
     return bounds
 
 
-def equivalent_in_bounds(params: np.ndarray, bounds: dict[str, tuple[float, float]] | None = None) -> np.ndarray | None:
+PLAUSIBLE_BOUNDS = _plausible_bounds()
+
+
+def equivalent_in_bounds(params: np.ndarray) -> np.ndarray | None:
     """The same warp, (f, k1, k2, k3, p1, p2) -> (s f, s^2 k1, s^4 k2, s^6 k3, s p1, s p2), at
-    the focal length nearest ``params``' that puts every term within ``bounds`` (default: the
-    plausible lenses, `_plausible_bounds`); None if no focal length does. The fit works at the
-    network's focal length, where a wide lens has large coefficients."""
-    bounds = bounds or _plausible_bounds()
-    lo_f, hi_f = bounds["focal"]
+    the focal length nearest ``params``' that makes it one of the plausible lenses
+    (`PLAUSIBLE_BOUNDS`); None if no focal length does. The fit works at the network's focal
+    length, where a wide lens has large coefficients."""
+    lo_f, hi_f = PLAUSIBLE_BOUNDS["focal"]
     s = np.concatenate([[1.0], np.geomspace(lo_f / params[5], hi_f / params[5], 400)])
     s = s[np.argsort(np.abs(np.log(s)), kind="stable")]
     power = np.array([2, 4, 6, 1, 1, 1, 0, 0])
     candidates = params[None, :] * s[:, None] ** power[None, :]
-    lo, hi = np.array([bounds[n] for n in PARAM_NAMES]).T
+    lo, hi = np.array([PLAUSIBLE_BOUNDS[n] for n in PARAM_NAMES]).T
     inside = np.flatnonzero(((candidates >= lo) & (candidates <= hi)).all(axis=1))
     return candidates[inside[0]] if len(inside) else None
 
 
-def _implausible(params: np.ndarray, height: int, width: int) -> tuple[str, str] | None:
-    """(code, reason) if a fitted lens is none of the plausible lenses at any focal length, or
-    folds the frame."""
-    if equivalent_in_bounds(params) is None:
+def _implausible(params: np.ndarray, reported: np.ndarray | None, height: int, width: int) -> tuple[str, str] | None:
+    """(code, reason) if a fitted lens is none of the plausible lenses at any focal length
+    (``reported``: `equivalent_in_bounds` of it), or folds the frame."""
+    if reported is None:
         return "out_of_bounds", (f"fitted lens (k1 {params[0]:.3f}, k2 {params[1]:.3f}, k3 {params[2]:.3f} at focal {params[5]:.3f}) "
                                  "is not a plausible lens at any focal length: curved objects bent straight")
     # the radial map r -> r (1 + k1 r^2 + k2 r^4 + k3 r^6) must rise up to the farthest corner
@@ -579,26 +581,27 @@ def refine_with_lines(grey: np.ndarray, prior: np.ndarray) -> LineFit:
     before = float(np.median(residual_network))
     failures = []
     for chosen, fitted in ([(full, FULL), (radial, RADIAL)] if use_full else [(radial, RADIAL)]):
-        problem, gap, after = _check(chosen, fitted, lines, residual_network, height, width, prior)
+        problem, reported, gap, after = _check(chosen, fitted, lines, residual_network, height, width, prior)
         model = "full" if fitted == FULL else "radial"
         if problem is None:
             note = f" (full model: {failures[0][1]})" if failures else ""
-            return LineFit(equivalent_in_bounds(chosen), True, f"refined_{model}", f"refined, {model} model (halves agree to {gap:.2f} px){note}",
+            return LineFit(reported, True, f"refined_{model}", f"refined, {model} model (halves agree to {gap:.2f} px){note}",
                            len(lines), before, after)
         failures.append((problem[0], f"{model} model: {problem[1]}" if use_full else problem[1]))
     return LineFit(network, False, failures[-1][0], "; ".join(reason for _, reason in failures), len(lines), before, before)
 
 
-def _check(chosen, fitted, lines, residual_network, height, width, prior) -> tuple[tuple[str, str] | None, float, float]:
+def _check(chosen, fitted, lines, residual_network, height, width, prior):
     """(code, reason) of the first acceptance check that a fitted lens fails, or None; the
-    split halves' warp gap (px) and the median line residual under the lens (px)."""
+    lens as reported (`equivalent_in_bounds`), the split halves' warp gap (px) and the median
+    line residual under the lens (px)."""
     residual_fit = line_residuals(chosen, lines, height, width)
     after = float(np.median(residual_fit))
-    problem = _implausible(chosen, height, width)
+    reported = equivalent_in_bounds(chosen)
+    problem = _implausible(chosen, reported, height, width)
     if problem is None and after > MAX_LINE_RMS_PX:
         problem = "lines_not_straight", f"the fitted lines stay {after:.2f} px from straight (> {MAX_LINE_RMS_PX}): not straight edges"
-    evidence = _evidence(residual_network, residual_fit, len(fitted))
-    if problem is None and evidence < MIN_EVIDENCE_F:
+    if problem is None and (evidence := _evidence(residual_network, residual_fit, len(fitted))) < MIN_EVIDENCE_F:
         problem = "weak_evidence", (f"the lines barely prefer the fitted lens to the network's (F = {evidence:.1f} < {MIN_EVIDENCE_F}): "
                                     "curved objects, not straight edges")
     gap = float("nan")
@@ -608,7 +611,7 @@ def _check(chosen, fitted, lines, residual_network, height, width, prior) -> tup
         limit = MAX_HALF_GAP_FULL_PX if fitted == FULL and len(lines) >= MANY_LINES else MAX_HALF_GAP_PX
         if gap > limit:
             problem = "halves_disagree", f"two halves of the lines disagree by {gap:.2f} px (> {limit}): not a reliable fit"
-    return problem, gap, after
+    return problem, reported, gap, after
 
 
 class LineFitPool:
