@@ -86,32 +86,54 @@ def alpha0_camera(params: np.ndarray, height: int, width: int) -> tuple[float, f
     return fx, fy, -fx * x0, -fy * y0
 
 
+def _source_pixels(params: np.ndarray, u: np.ndarray, v: np.ndarray, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Input pixels sampled by output pixels ``(u, v)`` of the alpha = 0 correction."""
+    f, cx, cy = camera_px(params, height, width)
+    fx, fy, ncx, ncy = alpha0_camera(params, height, width)
+    x, y = np.broadcast_arrays((u - ncx) / fx, (v - ncy) / fy)
+    k1, k2, k3, p1, p2 = params[:5]
+    r2 = x * x + y * y
+    radial = 1 + r2 * (k1 + r2 * (k2 + r2 * k3))
+    px = f * (x * radial + 2 * p1 * x * y + p2 * (r2 + 2 * x * x)) + cx
+    py = f * (y * radial + p1 * (r2 + 2 * y * y) + 2 * p2 * x * y) + cy
+    return px, py
+
+
+MAP_STEP = 8  # output pixels between the exactly computed points of `correction_maps`
+
+
 def correction_maps(params: np.ndarray, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """Float pixel maps ``(H, W)`` of the alpha = 0 correction for ``cv2.remap``."""
+    """Float pixel maps ``(H, W)`` of the alpha = 0 correction for ``cv2.remap``.
+
+    Computed exactly on a lattice every `MAP_STEP` pixels and upsampled bilinearly by
+    ``cv2.resize`` (float weights: no fixed-point rounding), as the CPU graph does with its
+    fused grid: ~12 ms at 2048 x 1367 on one core against ~19 ms for
+    ``cv2.initUndistortRectifyMap`` on every pixel. A lens map bends little over 8 pixels:
+    within 0.007 px of the exact maps for the workload's lenses at 2048 px, and 0.07 px for
+    the strongest plausible lenses (`lens.runtime.plumb_line.PLAUSIBLE_BOUNDS`) at 1024 px,
+    below which every pixel is computed. The lattice points sit at the centres of
+    `MAP_STEP`-pixel blocks, with one more beyond each border, which is where ``cv2.resize``'s
+    half-pixel convention samples them."""
     p = np.asarray(params, np.float64)
-    f, cx, cy = camera_px(p, height, width)
-    fx, fy, ncx, ncy = alpha0_camera(p, height, width)
-    k = np.array([[f, 0, cx], [0, f, cy], [0, 0, 1]])
-    new_k = np.array([[fx, 0, ncx], [0, fy, ncy], [0, 0, 1]])
-    dist = np.array([p[0], p[1], p[3], p[4], p[2]])
-    return cv2.initUndistortRectifyMap(k, dist, None, new_k, (width, height), cv2.CV_32FC1)
+    s = MAP_STEP
+    if min(height, width) < 1024:  # every pixel exactly: the lattice would be too coarse (error grows as 1 / size)
+        u, v = np.arange(width, dtype=np.float64)[None, :], np.arange(height, dtype=np.float64)[:, None]
+        return tuple(m.astype(np.float32) for m in _source_pixels(p, u, v, height, width))
+    cols, rows = -(-(width + s // 2) // s) + 1, -(-(height + s // 2) // s) + 1
+    u = np.arange(cols, dtype=np.float64)[None, :] * s - (s + 1) / 2
+    v = np.arange(rows, dtype=np.float64)[:, None] * s - (s + 1) / 2
+    return tuple(cv2.resize(m.astype(np.float32), (cols * s, rows * s), interpolation=cv2.INTER_LINEAR)[s : s + height, s : s + width]
+                 for m in _source_pixels(p, u, v, height, width))
 
 
 def lattice_safety(params: np.ndarray, height: int, width: int, step: int = 16) -> dict[str, float]:
     """`SAFETY_STATS` of the parametric correction, on a lattice every ``step`` output pixels
     (no residual: its two entries are 0), for `lens.runtime.policy.violations`."""
     p = np.asarray(params, np.float64)
-    f, cx, cy = camera_px(p, height, width)
-    fx, fy, ncx, ncy = alpha0_camera(p, height, width)
     cols, rows = (width - 1 + step - 1) // step + 1, (height - 1 + step - 1) // step + 1
     u = np.linspace(0, width - 1, cols)[None, :]
     v = np.linspace(0, height - 1, rows)[:, None]
-    x, y = np.broadcast_arrays((u - ncx) / fx, (v - ncy) / fy)
-    k1, k2, k3, p1, p2 = p[:5]
-    r2 = x * x + y * y
-    radial = 1 + r2 * (k1 + r2 * (k2 + r2 * k3))
-    px = f * (x * radial + 2 * p1 * x * y + p2 * (r2 + 2 * x * x)) + cx
-    py = f * (y * radial + p1 * (r2 + 2 * y * y) + 2 * p2 * x * y) + cy
+    px, py = _source_pixels(p, u, v, height, width)
     tol = _OOB_TOLERANCE_PX
     oob = (px < -tol) | (px > width - 1 + tol) | (py < -tol) | (py > height - 1 + tol)
     ring = np.concatenate([oob[0], oob[-1], oob[1:-1, 0], oob[1:-1, -1]])
