@@ -28,6 +28,21 @@ def test_modes_decode_to_8bit(tmp_path, mode, channels):
         assert decoded.pixels.max() == round(40000 * 255 / 65535)  # scaled, not clipped
 
 
+@pytest.mark.parametrize("ext", [".png", ".jpg"])
+def test_colour_photos_decode_in_rgb_order(tmp_path, ext):
+    # the fast OpenCV decoder must hand back the same channels, in the same order, as Pillow
+    colours = np.zeros((32, 96, 3), np.uint8)
+    colours[:, :32, 0] = 220  # red | green | blue
+    colours[:, 32:64, 1] = 220
+    colours[:, 64:, 2] = 220
+    path = _save(tmp_path / f"c{ext}", Image.fromarray(colours), **({"quality": 95} if ext == ".jpg" else {}))
+    decoded = lio.read_image(path).pixels
+    with Image.open(path) as img:
+        expected = np.asarray(img.convert("RGB"))
+    assert np.abs(decoded.astype(int) - expected).max() <= (0 if ext == ".png" else 2)
+    assert decoded[16, 16].argmax() == 0 and decoded[16, 48].argmax() == 1 and decoded[16, 80].argmax() == 2
+
+
 def test_truncated_and_non_images_name_the_reason(tmp_path):
     good = _save(tmp_path / "g.jpg", Image.new("RGB", (64, 64), "red"))
     data = good.read_bytes()

@@ -96,11 +96,16 @@ def _fast_decode(path: Path, fmt: str | None, mode: str) -> np.ndarray | None:
     data = np.fromfile(path, dtype=np.uint8)
     if fmt == "JPEG" and not (data[-2:] == (0xFF, 0xD9)).all():
         return None
-    flags = cv2.IMREAD_IGNORE_ORIENTATION | (cv2.IMREAD_GRAYSCALE if mode == "L" else cv2.IMREAD_COLOR)
+    # OpenCV >= 4.10 decodes straight to RGB: the same bytes as BGR + cvtColor, ~2-3 ms less
+    # for a 2048 px JPEG
+    rgb_flag = getattr(cv2, "IMREAD_COLOR_RGB", None)
+    flags = cv2.IMREAD_IGNORE_ORIENTATION | (cv2.IMREAD_GRAYSCALE if mode == "L" else rgb_flag or cv2.IMREAD_COLOR)
     pixels = cv2.imdecode(data, flags)
     if pixels is None:
         return None
-    return pixels[..., None] if pixels.ndim == 2 else cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB)
+    if pixels.ndim == 2:
+        return pixels[..., None]
+    return pixels if rgb_flag is not None else cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB)
 
 
 def read_image(path: str | os.PathLike, keep_jpeg: bool = False) -> DecodedImage:
