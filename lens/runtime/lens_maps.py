@@ -3,9 +3,10 @@
 The exported graph computes the warp of the parameters it predicts. When the runtime changes
 those parameters (`lens.runtime.plumb_line` refits them to the photo's straight lines) it
 needs the same warp without torch: the lens model inverted by Newton's method, the alpha = 0
-output camera of `lens.geometry.optimal_new_cameras` (same border sampling), and the maps from
-``cv2.initUndistortRectifyMap``, which uses the very camera convention of `lens.geometry`.
-tests/test_plumb_line.py holds all three to the torch geometry.
+output camera of `lens.geometry.optimal_new_cameras` (same border sampling), and the remap
+maps (`correction_maps`). tests/test_plumb_line.py holds all three to the torch geometry, and
+the maps to ``cv2.initUndistortRectifyMap``, which uses the very camera convention of
+`lens.geometry`.
 """
 from __future__ import annotations
 

@@ -112,7 +112,7 @@ def _rgb_pixels(px: np.ndarray) -> np.ndarray:
 
 
 def _rgb_batch(jobs: list[Job]) -> np.ndarray:
-    if len(jobs) == 1:  # no second copy of a 2048 px image (~2 ms) for the usual batch of one
+    if len(jobs) == 1:  # no second copy for the usual batch of one (np.stack: ~10 ms at 2048 px, against ~3 ms here)
         return np.ascontiguousarray(_rgb(jobs[0]).transpose(2, 0, 1))[None]
     return np.stack([np.ascontiguousarray(_rgb(j).transpose(2, 0, 1)) for j in jobs])
 
@@ -336,7 +336,7 @@ class Runner:
         elif self.backend.batch_invariant or len(jobs) == 1:
             batch = _rgb_batch(jobs)
             parts = [self.backend.infer(batch[i : i + 1], self.options.mode_override) for i in range(len(jobs))]
-            # one image: its outputs as they are (copying its maps costs ~10 ms at 2048 px)
+            # one image: its outputs as they are (copying its maps costs ~3.5 ms at 2048 px)
             out = parts[0] if len(parts) == 1 else {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
         else:
             out = self.backend.infer(_rgb_batch(jobs), self.options.mode_override)

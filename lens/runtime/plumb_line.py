@@ -686,10 +686,11 @@ def _check(chosen, fitted, lines, residual_network, height, width, prior):
     problem = _implausible(chosen, reported, height, width)
     if problem is None and after > MAX_LINE_RMS_PX:
         problem = "lines_not_straight", f"the fitted lines stay {after:.2f} px from straight (> {MAX_LINE_RMS_PX}): not straight edges"
-    alignment, balance = _one_way(chosen, angle, length, centre, height, width)
-    if problem is None and alignment > MAX_ALIGNMENT and balance < MIN_BALANCE:
-        problem = "one_direction", (f"the lines run one way (alignment {alignment:.2f}) on one side of the centre "
-                                    f"({balance:.0%} of their length on the other): a texture such as wood grain, not a scene's edges")
+    if problem is None:
+        alignment, balance = _one_way(chosen, angle, length, centre, height, width)
+        if alignment > MAX_ALIGNMENT and balance < MIN_BALANCE:
+            problem = "one_direction", (f"the lines run one way (alignment {alignment:.2f}) on one side of the centre "
+                                        f"({balance:.0%} of their length on the other): a texture such as wood grain, not a scene's edges")
     if problem is None and (share := float(np.mean(residual_fit < residual_network))) < MIN_STRAIGHTER_SHARE:
         problem = "few_lines_straighter", (f"only {share:.0%} of the lines get straighter under the fitted lens "
                                            f"(< {MIN_STRAIGHTER_SHARE:.0%}): a few curves bent straight, not the photo's lens")
