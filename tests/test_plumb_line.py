@@ -90,6 +90,24 @@ def test_lines_that_run_one_way_on_one_side_keep_the_network_lens():
     assert fits[1].accepted and _epe(fits[1].params, LENSES["workload"]) < 1.0, fits[1].reason
 
 
+@pytest.mark.parametrize("size", [(1367, 2048), (1001, 1536)])
+def test_edges_are_placed_at_their_full_resolution_positions(size):
+    # Edges are found at about 1024 px wide: halved exactly at 2048 px (the odd last row left
+    # out), scaled by 1.5 across and 1001/667 down at 1536 x 1001. One scale taken from the
+    # width for both axes put the bottom edges here 0.92 and 0.48 px too high.
+    from lens.runtime.plumb_line import edge_chains, straight_pieces, work_image
+
+    height, width = size
+    x_edge, y_edge = width - 300.5, height - 100.5  # steps between two pixel columns / rows
+    yy, xx = np.mgrid[0:height, 0:width]
+    grey = np.where((xx > x_edge) | (yy > y_edge), 200, 60).astype(np.uint8)
+    pieces = straight_pieces(edge_chains(work_image(grey)))
+    vertical = np.abs(pieces.grad[:, 0]) > np.abs(pieces.grad[:, 1])
+    assert vertical.sum() > 20 and (~vertical).sum() > 20
+    assert np.abs(pieces.points[vertical, 0] - x_edge).max() < 0.1
+    assert np.abs(pieces.points[~vertical, 1] - y_edge).max() < 0.1
+
+
 def test_flat_image_has_no_lines():
     fit = refine_with_lines(np.full((H, W), 128, np.uint8), NETWORK)
     assert not fit.accepted and fit.code == "too_few_lines" and fit.lines == 0

@@ -193,10 +193,11 @@ def fit_lines_checked(pixels: np.ndarray, params: np.ndarray, thresholds: Safety
     ``fit`` (default `refine_with_lines`; `LineFitPool.fit` in a run); an accepted fit is
     applied only if its warp passes the param_only checks. `lens run` and `lens eval` share it."""
     from lens.runtime.lens_maps import lattice_safety
-    from lens.runtime.plumb_line import refine_with_lines
+    from lens.runtime.plumb_line import refine_with_lines, work_image
 
     grey = pixels[..., 0] if pixels.shape[2] == 1 else cv2.cvtColor(np.ascontiguousarray(pixels[..., :3]), cv2.COLOR_RGB2GRAY)
-    result = Refinement((fit or refine_with_lines)(np.ascontiguousarray(grey), params))
+    # made here, so that a worker process is handed the small image
+    result = Refinement((fit or refine_with_lines)(work_image(np.ascontiguousarray(grey)), params))
     if result.fit.accepted:
         height, width = pixels.shape[:2]
         result.safety = lattice_safety(result.fit.params, height, width)
