@@ -1,7 +1,9 @@
 """CPU throughput of `lens run` against a plain OpenCV undistort pipeline, same files, same
 thread count, same process (issue bar: lens >= 0.5x OpenCV).
 
-    python tools/bench_cpu.py [N] [THREADS] [ROUNDS]
+    python tools/bench_cpu.py [N] [THREADS] [ROUNDS] [WxH]
+
+WxH: the JPEGs' size (default 2048x1367, the issue's; 4000x3000 is a 12 MP camera's).
 
 Baseline per image: cv2.imread, getOptimalNewCameraMatrix + initUndistortRectifyMap (known
 k1 = -0.2, k2 = 0.4; maps rebuilt per image, as each photo has its own coefficients) + remap,
@@ -28,9 +30,9 @@ from lens.runtime.pipeline import RunOptions, run
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 
 
-def make_inputs(folder: Path, n: int) -> None:
+def make_inputs(folder: Path, n: int, size: tuple[int, int] = (2048, 1367)) -> None:
     folder.mkdir(parents=True)
-    srcs = [cv2.resize(cv2.imread(str(p)), (2048, 1367), interpolation=cv2.INTER_AREA) for p in sorted(SAMPLES.glob("*.jpg"))]
+    srcs = [cv2.resize(cv2.imread(str(p)), size, interpolation=cv2.INTER_AREA) for p in sorted(SAMPLES.glob("*.jpg"))]
     for i in range(n):
         img = np.roll(srcs[i % len(srcs)], i * 7, axis=1)  # distinct pixels per file
         cv2.imwrite(str(folder / f"img{i:03d}.jpg"), img, [cv2.IMWRITE_JPEG_QUALITY, 92])
@@ -61,19 +63,19 @@ def lens_pipeline(src: Path, out: Path, threads: int, backend, refine: str) -> f
     return summary["throughput"]["images_per_s"]
 
 
-def main(n: int = 24, threads: int = 2, rounds: int = 3) -> None:
+def main(n: int = 24, threads: int = 2, rounds: int = 3, size: tuple[int, int] = (2048, 1367)) -> None:
     cv2.setNumThreads(1)  # the worker threads are the parallelism, for both pipelines
     backend = OnnxRuntimeBackend(DEFAULT_BUILD, "cpu")
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "in"
-        make_inputs(src, n)
+        make_inputs(src, n, size)
         rates: dict[str, list[float]] = {"OpenCV undistort pipeline": [], "lens run --refine lines": [], "lens run --refine off": []}
         for rep in range(rounds):
             rates["OpenCV undistort pipeline"].append(opencv_pipeline(src, Path(tmp) / f"cv{rep}", threads))
             for refine in ("lines", "off"):
                 rates[f"lens run --refine {refine}"].append(lens_pipeline(src, Path(tmp) / f"lens-{refine}{rep}", threads, backend, refine))
         best = {k: max(v) for k, v in rates.items()}
-        print(f"{n} images 2048x1367, {threads} threads")
+        print(f"{n} images {size[0]}x{size[1]}, {threads} threads")
         for name, runs in rates.items():
             print(f"{name:27s} {best[name]:6.2f} images/s  (runs: {', '.join(f'{r:.2f}' for r in runs)})")
         for refine in ("lines", "off"):
@@ -85,4 +87,5 @@ def main(n: int = 24, threads: int = 2, rounds: int = 3) -> None:
 
 
 if __name__ == "__main__":
-    main(*(int(a) for a in sys.argv[1:4]))
+    size = tuple(int(v) for v in sys.argv[4].split("x")) if len(sys.argv) > 4 else (2048, 1367)
+    main(*(int(a) for a in sys.argv[1:4]), size=size)
