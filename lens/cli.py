@@ -78,7 +78,7 @@ def run_cmd(
     backend: str = typer.Option("auto", help="auto | tensorrt | onnxruntime | torch."),
     device: str = typer.Option("auto", help="auto | cuda | cpu."),
     batch: int = typer.Option(1, min=1, help="Images per inference on GPU backends (the CPU infers one image at a time)."),
-    workers: int = typer.Option(0, min=0, help="Worker threads for decode / warp / encode (0: one per CPU core)."),
+    workers: int = typer.Option(0, min=0, help="Worker threads for decode / warp / encode, and line-fit processes (0: one per core this process may use: its CPU affinity and container CPU quota)."),
     resume: bool = typer.Option(False, help="Skip images whose output and record already exist."),
     quality: int = typer.Option(95, min=1, max=100, help="JPEG quality (4:4:4 chroma)."),
     mode: str = typer.Option("auto", help="auto, or force hybrid | param_only | param_only_conservative."),
@@ -91,10 +91,10 @@ def run_cmd(
     falls back hybrid -> param_only -> param_only_conservative, writes each output atomically
     with its input's size and stem (JPEG 95 4:4:4, PNG stays PNG), and records per-image
     metadata and a summary in `OUT/lens-run/`. Exit code 1 if any image failed."""
-    import os
     import time
 
     from lens.runtime.backends import BackendUnavailable, read_manifest, select_backend
+    from lens.runtime.cpu_budget import usable_cores
     from lens.runtime.pipeline import RunOptions, run
     from lens.runtime.policy import MODES
 
@@ -118,7 +118,7 @@ def run_cmd(
                          "onnx": manifest["onnx"], "stage": manifest["checkpoint"]["stage"]}
         info["engines"] = manifest.get("engines", [])
         has_residual = manifest.get("uses_residual", True)
-    options = RunOptions(batch=batch, workers=workers or (os.cpu_count() or 1), resume=resume, quality=quality,
+    options = RunOptions(batch=batch, workers=workers or usable_cores(), resume=resume, quality=quality,
                          mode_override=-1 if mode == "auto" else MODES.index(mode), codec=codec, refine=refine)
     from lens.runtime.pipeline import choose_codec, line_fit_plan
 

@@ -234,3 +234,26 @@ def test_only_complete_rgb_jpegs_are_kept_for_the_gpu_decoder(tmp_path):
         assert read_image(tmp_path / name, keep_jpeg=True).pixels is not None, name
     with pytest.raises(Exception, match="truncated"):
         read_image(tmp_path / "cut.jpg", keep_jpeg=True)
+
+
+def test_default_workers_follow_the_container_cpu_quota(tmp_path, monkeypatch):
+    # A container granted 1.5 cores of a 64-core host must not start 64 workers and 64
+    # line-fit processes, each holding a full-resolution photo.
+    from lens.runtime.cpu_budget import usable_cores
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)))
+    root, self_cgroup = tmp_path / "cgroup", tmp_path / "self_cgroup"
+    (root / "kubepods" / "pod1").mkdir(parents=True)
+    self_cgroup.write_text("0::/kubepods/pod1\n")
+    assert usable_cores(root, self_cgroup) == 64  # no limit anywhere
+    (root / "kubepods" / "pod1" / "cpu.max").write_text("max 100000\n")
+    (root / "kubepods" / "cpu.max").write_text("150000 100000\n")  # a parent's limit applies too
+    assert usable_cores(root, self_cgroup) == 2
+    v1 = tmp_path / "v1"  # cgroup v1, as older Docker hosts mount it
+    (v1 / "cpu,cpuacct").mkdir(parents=True)
+    (v1 / "cpu,cpuacct" / "cpu.cfs_quota_us").write_text("300000\n")
+    (v1 / "cpu,cpuacct" / "cpu.cfs_period_us").write_text("100000\n")
+    self_cgroup.write_text("4:memory:/docker/abc\n2:cpu,cpuacct:/docker/abc\n")
+    assert usable_cores(v1, self_cgroup) == 3
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})  # taskset / --cpuset-cpus
+    assert usable_cores(v1, self_cgroup) == 2

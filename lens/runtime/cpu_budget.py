@@ -1,0 +1,81 @@
+"""How many CPU cores this process may use: the default for `lens run --workers`.
+
+``os.cpu_count()`` counts the host's cores. In a container limited by a CPU quota (Kubernetes
+``resources.limits.cpu``, ``docker --cpus``) or pinned to some cores (``--cpuset-cpus``,
+``taskset``), one worker thread and one line-fit process per host core oversubscribe the cores
+actually granted, and each holds a full-resolution image in memory. So the default is the
+smallest of: the cores this process may run on (its affinity mask) and the CPU quota of its
+cgroup and of every cgroup above it (v2 ``cpu.max``, v1 ``cpu.cfs_quota_us`` /
+``cpu.cfs_period_us``), rounded up.
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+SELF_CGROUP = Path("/proc/self/cgroup")
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _quota_v2(folder: Path) -> float | None:
+    """Cores granted by a cgroup v2 folder's ``cpu.max`` ("QUOTA PERIOD" or "max PERIOD")."""
+    text = _read(folder / "cpu.max")
+    if not text:
+        return None
+    parts = text.split()
+    try:
+        return int(parts[0]) / int(parts[1]) if parts[0] != "max" and len(parts) == 2 else None
+    except ValueError:
+        return None
+
+
+def _quota_v1(folder: Path) -> float | None:
+    quota, period = _read(folder / "cpu.cfs_quota_us"), _read(folder / "cpu.cfs_period_us")
+    try:
+        return int(quota) / int(period) if quota and period and int(quota) > 0 and int(period) > 0 else None
+    except ValueError:
+        return None
+
+
+def _cgroup_folders(cgroup_root: Path, self_cgroup: Path) -> list[Path]:
+    """This process's cgroup folders and their ancestors up to the root (a limit anywhere
+    above applies too). A container usually sees its own cgroup as the root."""
+    folders = [cgroup_root, cgroup_root / "cpu", cgroup_root / "cpu,cpuacct"]
+    for line in (_read(self_cgroup) or "").splitlines():
+        fields = line.split(":", 2)
+        if len(fields) != 3:
+            continue
+        if fields[0] == "0":  # v2: one unified hierarchy
+            base = cgroup_root
+        elif "cpu" in fields[1].split(","):  # v1: the cpu controller's hierarchy (e.g. "cpu,cpuacct")
+            base = cgroup_root / fields[1]
+        else:
+            continue
+        path = Path(fields[2].lstrip("/"))
+        while True:
+            folders.append(base / path)
+            if path == Path("."):
+                break
+            path = path.parent
+    return folders
+
+
+def usable_cores(cgroup_root: Path = CGROUP_ROOT, self_cgroup: Path = SELF_CGROUP) -> int:
+    """Cores this process may use (at least 1); see the module docstring."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        cores = os.cpu_count() or 1
+    for folder in _cgroup_folders(cgroup_root, self_cgroup):
+        quota = _quota_v2(folder) or _quota_v1(folder)
+        if quota:
+            cores = min(cores, math.ceil(quota))
+    return max(1, cores)
