@@ -102,6 +102,9 @@ def run_cmd(
         raise typer.BadParameter(f"choose auto or one of {', '.join(MODES)}", param_hint="--mode")
     if refine not in ("auto", "lines", "off"):
         raise typer.BadParameter("choose auto, lines or off", param_hint="--refine")
+    if src.is_dir() and out.resolve() == src.resolve():  # corrected copies would replace the originals
+        raise typer.BadParameter(f"{out} is the input folder: the corrected photos would replace the originals; choose another folder",
+                                 param_hint="OUT")
     try:
         choice = select_backend(backend, device, build, checkpoint)
     except BackendUnavailable as exc:

@@ -63,6 +63,20 @@ def test_default_model_corrects_a_folder_and_records_everything(tmp_path, photos
     assert sum(summary["modes"].values()) == 9
 
 
+def test_originals_are_never_overwritten_by_their_corrections(tmp_path, photos):
+    folder = tmp_path / "shoot"
+    folder.mkdir()
+    for p in list(photos.iterdir())[:2]:
+        (folder / p.name).write_bytes(p.read_bytes())
+    before = _outputs(folder)
+    result = runner.invoke(app, ["run", str(folder), str(folder)])
+    assert result.exit_code == 2 and "input folder" in result.output
+    one = sorted(folder.iterdir())[0]
+    result = _run(one, folder)  # one file into its own folder
+    assert result.exit_code == 1 and "would replace this input" in result.output
+    assert _outputs(folder) == before
+
+
 def test_forced_modes_are_applied_and_recorded(tmp_path, photos):
     src = tmp_path / "one"
     src.mkdir()

@@ -56,7 +56,8 @@ class Job:
 
 def plan(src: Path, out: Path) -> tuple[list[Job], list[dict]]:
     """One job per input (sorted by name); inputs whose output name collides with an
-    earlier one's are refused (two files with one stem would overwrite each other)."""
+    earlier one's are refused (two files with one stem would overwrite each other), and so
+    are inputs that would be overwritten by their own output (OUT is the input's folder)."""
     sources = list_images(src) if src.is_dir() else [src]
     jobs, refused, taken = [], [], {}
     for s in sources:
@@ -64,6 +65,10 @@ def plan(src: Path, out: Path) -> tuple[list[Job], list[dict]]:
         name = s.stem + suffix
         if name in taken:
             refused.append({"id": s.stem, "source": str(s), "status": "failed", "error": f"output name {name} already taken by {taken[name].name}"})
+            continue
+        if (out / name).resolve() == s.resolve():
+            refused.append({"id": s.stem, "source": str(s), "status": "failed",
+                            "error": f"the output {out / name} would replace this input: choose an output folder other than the input's"})
             continue
         taken[name] = s
         jobs.append(Job(s.stem, s, out / name))
