@@ -95,7 +95,7 @@ def run_cmd(
 
     from lens.runtime.backends import BackendUnavailable, read_manifest, select_backend
     from lens.runtime.cpu_budget import usable_cores
-    from lens.runtime.pipeline import RunOptions, run
+    from lens.runtime.pipeline import ResumeMismatch, RunOptions, run
     from lens.runtime.policy import MODES
 
     if mode != "auto" and mode not in MODES:
@@ -121,6 +121,10 @@ def run_cmd(
                          "onnx": manifest["onnx"], "stage": manifest["checkpoint"]["stage"]}
         info["engines"] = manifest.get("engines", [])
         has_residual = manifest.get("uses_residual", True)
+    else:
+        import hashlib
+
+        info["model"] = {"checkpoint": str(checkpoint), "checkpoint_sha256": hashlib.sha256(checkpoint.read_bytes()).hexdigest()}
     options = RunOptions(batch=batch, workers=workers or usable_cores(), resume=resume, quality=quality,
                          mode_override=-1 if mode == "auto" else MODES.index(mode), codec=codec, refine=refine)
     from lens.runtime.pipeline import choose_codec, line_fit_plan
@@ -147,7 +151,12 @@ def run_cmd(
                 progress.console.print(f"[red]failed:[/] {escape(str(rec.get('source')))}: {escape(str(rec['error']))}", soft_wrap=True)
             progress.update(task, advance=1, rate=f"{done[0] / max(1e-9, time.perf_counter() - t0):5.1f} img/s")
 
-        summary = run(src, out, choice.backend, options, info, on_image=on_image, has_residual=has_residual, codec_choice=codec_choice)
+        try:
+            summary = run(src, out, choice.backend, options, info, on_image=on_image, has_residual=has_residual, codec_choice=codec_choice)
+        except ResumeMismatch as exc:
+            progress.stop()
+            console.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
+            raise typer.Exit(2)
     modes = ", ".join(f"{m} {n}" for m, n in summary["modes"].items() if n)
     console.print(f"{summary['ok']} corrected ({modes or 'none'}), {len(summary['failed'])} failed, {summary['skipped_resume']} skipped; "
                   f"{summary['throughput']['images_per_s'] or 0:.2f} images/s -> {escape(str(out))}", soft_wrap=True)

@@ -188,6 +188,19 @@ def test_sigkill_then_resume_gives_the_uninterrupted_result(tmp_path, photos):
     assert not list(out.glob(".*.part"))
 
 
+def test_resume_refuses_a_folder_written_with_other_settings(tmp_path, photos):
+    # outputs of two settings in one folder would look alike and differ: --resume says so
+    out = tmp_path / "out"
+    assert _run(photos, out, "--refine", "off").exit_code == 0
+    before = _outputs(out)
+    result = _run(photos, out, "--resume", "--refine", "off", "--quality", "80")
+    assert result.exit_code == 2 and "quality: 95 then, 80 now" in result.output
+    assert _outputs(out) == before
+    result = _run(photos, out, "--resume", "--refine", "off", "--workers", "1")  # workers change no byte
+    assert result.exit_code == 0 and "9 skipped" in result.output
+    assert _outputs(out) == before
+
+
 def test_runtime_needs_no_torch(tmp_path, photos):
     code = (
         "import sys; sys.modules['torch'] = None\n"  # any `import torch` now raises ImportError

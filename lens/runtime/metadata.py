@@ -4,7 +4,9 @@
 ``{"id", "source", "output", "status": "ok" | "failed", "error", "mode", "reasons",
 "params", "safety", "hard_unsafe", "timings_ms"}``. ``OUT/lens-run/summary.json``: counts per
 mode, failures, throughput, model and engine hashes, versions. `lens qa` and `lens package`
-read both; the folder is not part of a submission.
+read both; the folder is not part of a submission. ``OUT/lens-run/settings.json``, written when
+a run starts: what decides the outputs' bytes (`lens.runtime.pipeline.output_settings`), which
+``--resume`` holds the next run to.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from pathlib import Path
 RUN_DIR = "lens-run"
 IMAGES_FILE = "images.jsonl"
 SUMMARY_FILE = "summary.json"
+SETTINGS_FILE = "settings.json"
 
 
 def read_run_metadata(out_dir: str | Path) -> tuple[dict[str, dict] | None, dict | None]:

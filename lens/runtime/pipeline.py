@@ -28,7 +28,7 @@ import numpy as np
 from lens.conventions import PARAM_NAMES, SAFETY_STATS
 from lens.runtime.backends import Backend
 from lens.runtime.io import DecodedImage, ImageReadError, encode_image, list_images, output_format, read_image, splice_jpeg_metadata, write_atomic
-from lens.runtime.metadata import IMAGES_FILE, RUN_DIR, SUMMARY_FILE
+from lens.runtime.metadata import IMAGES_FILE, RUN_DIR, SETTINGS_FILE, SUMMARY_FILE
 from lens.runtime.policy import MODES, SafetyThresholds, reasons_from_masks, violations
 from lens.runtime.sampling import warp_with_maps
 
@@ -371,6 +371,43 @@ def _batches(decoded: Iterator[Job], size: int, failed: Callable[[Job], None]) -
     yield from pending.values()
 
 
+class ResumeMismatch(ValueError):
+    """``--resume`` into a folder written with other output settings."""
+
+
+def output_settings(backend: Backend, options: RunOptions, info: dict, line_fit: bool, gpu_codec: bool) -> dict:
+    """What decides an output's bytes: the model, the backend, the options that change pixels
+    or encoding, and lens's version (``--workers`` does not; nor does ``--batch`` on the CPU,
+    where each image is inferred alone)."""
+    from lens import __version__
+
+    model = info.get("model", {})
+    settings = {"lens": __version__, "model": {k: model.get(k) for k in ("checkpoint_sha256", "onnx")},
+                "backend": backend.name, "device": backend.device, "quality": options.quality,
+                "mode": "auto" if options.mode_override < 0 else MODES[options.mode_override],
+                "line_fit": line_fit, "codec": "gpu" if gpu_codec else "cpu"}
+    if backend.samples_on_device:  # GPU kernels may differ with the batch size
+        settings["batch"] = options.batch
+    return settings
+
+
+def _hold_to_settings(run_dir: Path, settings: dict, resume: bool) -> None:
+    """With ``resume``, refuse a folder whose earlier run had other settings (its outputs and
+    this run's would mix); then record this run's."""
+    path = run_dir / SETTINGS_FILE
+    if resume and path.exists():
+        try:
+            earlier = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            earlier = {}
+        changed = sorted(k for k in set(settings) | set(earlier) if settings.get(k) != earlier.get(k))
+        if changed:
+            detail = "; ".join(f"{k}: {earlier.get(k)!r} then, {settings.get(k)!r} now" for k in changed)
+            raise ResumeMismatch(f"--resume: {run_dir.parent} was written with other settings ({detail}); "
+                                 "its outputs and this run's would differ. Resume with the earlier settings, or run without --resume to redo every image")
+    write_atomic(path, (json.dumps(settings, indent=2, sort_keys=True) + "\n").encode())
+
+
 def run(src: Path, out: Path, backend: Backend, options: RunOptions, info: dict,
         on_image: Callable[[dict], None] | None = None, has_residual: bool = True, codec_choice: tuple | None = None) -> dict:
     """Correct every image of ``src`` into ``out``; returns the run summary. ``codec_choice``:
@@ -378,6 +415,9 @@ def run(src: Path, out: Path, backend: Backend, options: RunOptions, info: dict,
     out.mkdir(parents=True, exist_ok=True)
     run_dir = out / RUN_DIR
     run_dir.mkdir(exist_ok=True)
+    line_fit, line_fit_reason = line_fit_plan(backend, options)
+    codec, codec_reason = codec_choice or choose_codec(backend, options.codec, line_fit)
+    _hold_to_settings(run_dir, output_settings(backend, options, info, line_fit, codec is not None), options.resume)
     _clean_stale_temporaries(out)
     jobs, refused = plan(src, out)
     previous = _read_records(run_dir) if options.resume else {}
@@ -401,8 +441,6 @@ def run(src: Path, out: Path, backend: Backend, options: RunOptions, info: dict,
 
     for r in refused:
         record(r)
-    line_fit, line_fit_reason = line_fit_plan(backend, options)
-    codec, codec_reason = codec_choice or choose_codec(backend, options.codec, line_fit)
     line_fits = None
     if line_fit:
         from lens.runtime.plumb_line import LineFitPool
