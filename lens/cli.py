@@ -95,7 +95,7 @@ def run_cmd(
 
     from lens.runtime.backends import BackendUnavailable, read_manifest, select_backend
     from lens.runtime.cpu_budget import usable_cores
-    from lens.runtime.pipeline import ResumeMismatch, RunOptions, run
+    from lens.runtime.pipeline import RunOptions, RunRefused, run
     from lens.runtime.policy import MODES
 
     if mode != "auto" and mode not in MODES:
@@ -153,7 +153,7 @@ def run_cmd(
 
         try:
             summary = run(src, out, choice.backend, options, info, on_image=on_image, has_residual=has_residual, codec_choice=codec_choice)
-        except ResumeMismatch as exc:
+        except RunRefused as exc:
             progress.stop()
             console.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
             raise typer.Exit(2)

@@ -201,6 +201,22 @@ def test_resume_refuses_a_folder_written_with_other_settings(tmp_path, photos):
     assert _outputs(out) == before
 
 
+def test_a_second_run_into_a_busy_folder_is_refused(tmp_path, photos):
+    # an overlapping cron job would delete the first run's temporary files and mix records
+    import fcntl
+
+    out = tmp_path / "out"
+    (out / "lens-run").mkdir(parents=True)
+    with open(out / "lens-run" / ".lock", "a+") as held:  # what a run in progress holds
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write("4242")
+        held.flush()
+        result = _run(photos, out, "--refine", "off")
+        assert result.exit_code == 2 and "another lens run (process 4242) is writing to" in result.output
+        assert not list(out.glob("*.jpg"))
+    assert _run(photos, out, "--refine", "off").exit_code == 0  # free again once released
+
+
 def test_runtime_needs_no_torch(tmp_path, photos):
     code = (
         "import sys; sys.modules['torch'] = None\n"  # any `import torch` now raises ImportError

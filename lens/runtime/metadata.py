@@ -17,6 +17,7 @@ RUN_DIR = "lens-run"
 IMAGES_FILE = "images.jsonl"
 SUMMARY_FILE = "summary.json"
 SETTINGS_FILE = "settings.json"
+LOCK_FILE = ".lock"  # held (flock) by the run writing to the folder
 
 
 def read_run_metadata(out_dir: str | Path) -> tuple[dict[str, dict] | None, dict | None]:

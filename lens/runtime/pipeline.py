@@ -13,12 +13,14 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,7 +30,7 @@ import numpy as np
 from lens.conventions import PARAM_NAMES, SAFETY_STATS
 from lens.runtime.backends import Backend
 from lens.runtime.io import DecodedImage, ImageReadError, encode_image, list_images, output_format, read_image, splice_jpeg_metadata, write_atomic
-from lens.runtime.metadata import IMAGES_FILE, RUN_DIR, SETTINGS_FILE, SUMMARY_FILE
+from lens.runtime.metadata import IMAGES_FILE, LOCK_FILE, RUN_DIR, SETTINGS_FILE, SUMMARY_FILE
 from lens.runtime.policy import MODES, SafetyThresholds, reasons_from_masks, violations
 from lens.runtime.sampling import warp_with_maps
 
@@ -371,8 +373,44 @@ def _batches(decoded: Iterator[Job], size: int, failed: Callable[[Job], None]) -
     yield from pending.values()
 
 
-class ResumeMismatch(ValueError):
+class RunRefused(RuntimeError):
+    """The run cannot start in this output folder (nothing was written)."""
+
+
+class ResumeMismatch(RunRefused):
     """``--resume`` into a folder written with other output settings."""
+
+
+class OutputBusy(RunRefused):
+    """Another `lens run` is writing to the output folder."""
+
+
+@contextmanager
+def _exclusive(run_dir: Path) -> Iterator[None]:
+    """Hold ``run_dir``'s lock file for the run: a second run into the same folder (an
+    overlapping cron job) would delete the first one's temporary files and interleave its
+    records. The lock is the kernel's (``flock``), so a killed run releases it."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no advisory lock here
+        yield
+        return
+    with open(run_dir / LOCK_FILE, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip()
+            raise OutputBusy(f"another lens run{f' (process {holder})' if holder else ''} is writing to {run_dir.parent}: "
+                             "wait for it to finish, or choose another output folder") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def output_settings(backend: Backend, options: RunOptions, info: dict, line_fit: bool, gpu_codec: bool) -> dict:
@@ -411,10 +449,18 @@ def _hold_to_settings(run_dir: Path, settings: dict, resume: bool) -> None:
 def run(src: Path, out: Path, backend: Backend, options: RunOptions, info: dict,
         on_image: Callable[[dict], None] | None = None, has_residual: bool = True, codec_choice: tuple | None = None) -> dict:
     """Correct every image of ``src`` into ``out``; returns the run summary. ``codec_choice``:
-    a `choose_codec` result already made (default: made here from ``options.codec``)."""
+    a `choose_codec` result already made (default: made here from ``options.codec``). Raises
+    `RunRefused` before writing anything if another run holds ``out`` or ``--resume`` finds
+    other settings there."""
     out.mkdir(parents=True, exist_ok=True)
     run_dir = out / RUN_DIR
     run_dir.mkdir(exist_ok=True)
+    with _exclusive(run_dir):
+        return _run_locked(src, out, run_dir, backend, options, info, on_image, has_residual, codec_choice)
+
+
+def _run_locked(src: Path, out: Path, run_dir: Path, backend: Backend, options: RunOptions, info: dict,
+                on_image: Callable[[dict], None] | None, has_residual: bool, codec_choice: tuple | None) -> dict:
     line_fit, line_fit_reason = line_fit_plan(backend, options)
     codec, codec_reason = codec_choice or choose_codec(backend, options.codec, line_fit)
     _hold_to_settings(run_dir, output_settings(backend, options, info, line_fit, codec is not None), options.resume)

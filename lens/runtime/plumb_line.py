@@ -185,7 +185,7 @@ class _Chains:
     gx: np.ndarray  # working-resolution Sobel gradients and their magnitude
     gy: np.ndarray
     magnitude: np.ndarray
-    scale: float  # full-resolution pixels per working pixel, across
+    scale_x: float  # full-resolution pixels per working pixel, across
     scale_y: float  # and down (the same to within a row over the height)
 
     def subpixel(self, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -201,7 +201,7 @@ class _Chains:
         curvature = mm - 2 * m0 + mp
         peaked = curvature < -1e-6
         offset = np.clip(np.where(peaked, 0.5 * (mm - mp) / np.where(peaked, curvature, -1.0), 0.0), -0.5, 0.5)
-        return (np.stack([x, y], axis=1) + offset[:, None] * n + 0.5) * np.array([self.scale, self.scale_y]) - 0.5, g
+        return (np.stack([x, y], axis=1) + offset[:, None] * n + 0.5) * np.array([self.scale_x, self.scale_y]) - 0.5, g
 
 
 def _percentile(values: np.ndarray, q: float) -> float:
@@ -295,7 +295,7 @@ def straight_pieces(chains: _Chains, tolerance: float = PIECE_TOLERANCE) -> _Pie
     sizes = np.array([len(c) for c in chains.pixels])
     chain = np.repeat(np.arange(len(sizes)), sizes)
     pixels = np.concatenate(chains.pixels).astype(np.int64)
-    vertices = [cv2.approxPolyDP(c.reshape(-1, 1, 2), tolerance / chains.scale, False).reshape(-1, 2) for c in chains.pixels]
+    vertices = [cv2.approxPolyDP(c.reshape(-1, 1, 2), tolerance / chains.scale_x, False).reshape(-1, 2) for c in chains.pixels]
     # approxPolyDP returns a subsequence of its input (pixels are unique within a chain): find
     # their indices among all chains' pixels at once, keyed by (chain, x, y)
     keys = (chain << 32) | (pixels[:, 0] << 16) | pixels[:, 1]
@@ -305,7 +305,7 @@ def straight_pieces(chains: _Chains, tolerance: float = PIECE_TOLERANCE) -> _Pie
     idx = np.unique(order[np.searchsorted(keys[order], (corner_chain << 32) | (corner[:, 0] << 16) | corner[:, 1])])
     i, j = idx[:-1], idx[1:]  # consecutive corners; a piece lies between two of one chain
     step = pixels[j] - pixels[i]
-    piece = (chain[i] == chain[j]) & (j - i >= 8) & (np.hypot(step[:, 0], step[:, 1]) >= MIN_PIECE_PX / chains.scale)
+    piece = (chain[i] == chain[j]) & (j - i >= 8) & (np.hypot(step[:, 0], step[:, 1]) >= MIN_PIECE_PX / chains.scale_x)
     lo, hi = i[piece] + 1, j[piece]  # ends dropped: corners round edges
     if len(lo) == 0:
         return _Pieces(np.zeros((0, 2)), np.zeros((0, 2)), np.zeros(0, np.int64), 0)
