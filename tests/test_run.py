@@ -201,6 +201,23 @@ def test_resume_refuses_a_folder_written_with_other_settings(tmp_path, photos):
     assert _outputs(out) == before
 
 
+def test_resume_corrects_again_an_input_replaced_since(tmp_path, photos):
+    shoot = tmp_path / "shoot"
+    shoot.mkdir()
+    for p in sorted(photos.iterdir())[:3]:
+        (shoot / p.name).write_bytes(p.read_bytes())
+    out = tmp_path / "out"
+    assert _run(shoot, out, "--refine", "off").exit_code == 0
+    first = _outputs(out)
+    replaced = sorted(shoot.iterdir())[1]
+    replaced.write_bytes((photos / "p05.jpg").read_bytes())  # a re-shot photo, same name
+    result = _run(shoot, out, "--resume", "--refine", "off")
+    assert result.exit_code == 0 and "2 skipped" in result.output
+    fresh = tmp_path / "fresh"
+    assert _run(shoot, fresh, "--refine", "off").exit_code == 0
+    assert _outputs(out) == _outputs(fresh) and _outputs(out)[replaced.name] != first[replaced.name]
+
+
 def test_a_second_run_into_a_busy_folder_is_refused(tmp_path, photos):
     # an overlapping cron job would delete the first run's temporary files and mix records
     import fcntl

@@ -54,6 +54,16 @@ class Job:
     image: DecodedImage | None = None
     error: str | None = None
     timings: dict = field(default_factory=dict)
+    source_stat: list[int] | None = None  # [size in bytes, mtime in ns] when planned (`_source_stat`)
+
+
+def _source_stat(path: Path) -> list[int] | None:
+    """What ``--resume`` compares to tell a replaced input from the one already corrected."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns]
 
 
 def plan(src: Path, out: Path) -> tuple[list[Job], list[dict]]:
@@ -73,7 +83,7 @@ def plan(src: Path, out: Path) -> tuple[list[Job], list[dict]]:
                             "error": f"the output {out / name} would replace this input: choose an output folder other than the input's"})
             continue
         taken[name] = s
-        jobs.append(Job(s.stem, s, out / name))
+        jobs.append(Job(s.stem, s, out / name, source_stat=_source_stat(s)))
     return jobs, refused
 
 
@@ -245,7 +255,7 @@ class Runner:
         unsafe = violations(safety[MODES[mode]], self.t, check_residual=mode == 0)
         notes = ["alpha_dropped"] if job.image.pixels is not None and job.image.pixels.shape[2] == 4 else []
         return {
-            "id": job.image_id, "source": str(job.source), "output": str(job.output), "status": "ok", "error": None,
+            "id": job.image_id, "source": str(job.source), "source_stat": job.source_stat, "output": str(job.output), "status": "ok", "error": None,
             "size": [job.image.width, job.image.height], "mode": MODES[mode],
             "reasons": reasons + (["forced"] if self.options.mode_override >= 0 else []),
             "params": params, **record_extra,
@@ -467,7 +477,9 @@ def _run_locked(src: Path, out: Path, run_dir: Path, backend: Backend, options: 
     _clean_stale_temporaries(out)
     jobs, refused = plan(src, out)
     previous = _read_records(run_dir) if options.resume else {}
-    skipped = [j for j in jobs if previous.get(j.image_id, {}).get("status") == "ok" and j.output.exists()]
+    # an input replaced since (another size or time) is corrected again
+    skipped = [j for j in jobs if previous.get(j.image_id, {}).get("status") == "ok" and j.output.exists()
+               and previous[j.image_id].get("source_stat", j.source_stat) == j.source_stat]
     skip_ids = {j.image_id for j in skipped}
     todo = [j for j in jobs if j.image_id not in skip_ids]
     records: dict[str, dict] = {i: previous[i] for i in skip_ids}
