@@ -152,11 +152,17 @@ def run_cmd(
             progress.update(task, advance=1, rate=f"{done[0] / max(1e-9, time.perf_counter() - t0):5.1f} img/s")
 
         try:
-            summary = run(src, out, choice.backend, options, info, on_image=on_image, has_residual=has_residual, codec_choice=codec_choice)
+            summary = run(src, out, choice.backend, options, info, on_image=on_image, has_residual=has_residual, codec_choice=codec_choice,
+                          on_skipped=lambda n: progress.update(task, total=total - n))
         except RunRefused as exc:
             progress.stop()
             console.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
             raise typer.Exit(2)
+        except KeyboardInterrupt:
+            progress.stop()
+            console.print(f"[yellow]interrupted[/] after {done[0]} of {progress.tasks[0].total:.0f} images; every output written is complete. "
+                          f"Add --resume to the same command to go on.", soft_wrap=True)
+            raise typer.Exit(130)
     modes = ", ".join(f"{m} {n}" for m, n in summary["modes"].items() if n)
     console.print(f"{summary['ok']} corrected ({modes or 'none'}), {len(summary['failed'])} failed, {summary['skipped_resume']} skipped; "
                   f"{summary['throughput']['images_per_s'] or 0:.2f} images/s -> {escape(str(out))}", soft_wrap=True)

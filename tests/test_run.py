@@ -160,7 +160,8 @@ def test_outputs_are_byte_identical_across_runs_workers_and_batches(tmp_path, ph
     assert runs["a"] == runs["b"] == runs["c"]
 
 
-def test_sigkill_then_resume_gives_the_uninterrupted_result(tmp_path, photos):
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "Ctrl-C"])
+def test_interrupt_then_resume_gives_the_uninterrupted_result(tmp_path, photos, sig):
     reference = tmp_path / "reference"
     assert _run(photos, reference).exit_code == 0
     big = tmp_path / "big"
@@ -170,12 +171,16 @@ def test_sigkill_then_resume_gives_the_uninterrupted_result(tmp_path, photos):
     ref_big = tmp_path / "ref_big"
     assert _run(big, ref_big, "--workers", "1").exit_code == 0
     out = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "lens", "run", str(big), str(out), "--workers", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline and len(list(out.glob("q*.jpg"))) < 4:
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    log = tmp_path / "log.txt"
+    with open(log, "w") as console:
+        proc = subprocess.Popen([sys.executable, "-m", "lens", "run", str(big), str(out), "--workers", "1"], stdout=console, stderr=console)
+        deadline = time.time() + 120
+        while time.time() < deadline and len(list(out.glob("q*.jpg"))) < 4:
+            time.sleep(0.05)
+        os.kill(proc.pid, sig)
+        proc.wait(60)
+    if sig == signal.SIGINT:  # stops within the images in flight and says how to go on
+        assert proc.returncode == 130 and "Add --resume to the same command" in log.read_text()
     written = sorted(out.glob("q*.jpg"))
     assert 0 < len(written) < 24, "the run was not interrupted mid-way"
     for p in written:  # every visible output is complete

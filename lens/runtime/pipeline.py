@@ -457,20 +457,24 @@ def _hold_to_settings(run_dir: Path, settings: dict, resume: bool) -> None:
 
 
 def run(src: Path, out: Path, backend: Backend, options: RunOptions, info: dict,
-        on_image: Callable[[dict], None] | None = None, has_residual: bool = True, codec_choice: tuple | None = None) -> dict:
+        on_image: Callable[[dict], None] | None = None, has_residual: bool = True, codec_choice: tuple | None = None,
+        on_skipped: Callable[[int], None] | None = None) -> dict:
     """Correct every image of ``src`` into ``out``; returns the run summary. ``codec_choice``:
-    a `choose_codec` result already made (default: made here from ``options.codec``). Raises
+    a `choose_codec` result already made (default: made here from ``options.codec``).
+    ``on_image``: called with each new record; ``on_skipped``: once, with the number of images
+    ``--resume`` skips. Raises
     `RunRefused` before writing anything if another run holds ``out`` or ``--resume`` finds
     other settings there."""
     out.mkdir(parents=True, exist_ok=True)
     run_dir = out / RUN_DIR
     run_dir.mkdir(exist_ok=True)
     with _exclusive(run_dir):
-        return _run_locked(src, out, run_dir, backend, options, info, on_image, has_residual, codec_choice)
+        return _run_locked(src, out, run_dir, backend, options, info, on_image, has_residual, codec_choice, on_skipped)
 
 
 def _run_locked(src: Path, out: Path, run_dir: Path, backend: Backend, options: RunOptions, info: dict,
-                on_image: Callable[[dict], None] | None, has_residual: bool, codec_choice: tuple | None) -> dict:
+                on_image: Callable[[dict], None] | None, has_residual: bool, codec_choice: tuple | None,
+                on_skipped: Callable[[int], None] | None) -> dict:
     line_fit, line_fit_reason = line_fit_plan(backend, options)
     codec, codec_reason = codec_choice or choose_codec(backend, options.codec, line_fit)
     _hold_to_settings(run_dir, output_settings(backend, options, info, line_fit, codec is not None), options.resume)
@@ -481,6 +485,8 @@ def _run_locked(src: Path, out: Path, run_dir: Path, backend: Backend, options: 
     skipped = [j for j in jobs if previous.get(j.image_id, {}).get("status") == "ok" and j.output.exists()
                and previous[j.image_id].get("source_stat", j.source_stat) == j.source_stat]
     skip_ids = {j.image_id for j in skipped}
+    if on_skipped and skip_ids:
+        on_skipped(len(skip_ids))
     todo = [j for j in jobs if j.image_id not in skip_ids]
     records: dict[str, dict] = {i: previous[i] for i in skip_ids}
     lock = threading.Lock()
@@ -534,10 +540,21 @@ def _run_locked(src: Path, out: Path, run_dir: Path, backend: Backend, options: 
                             j.error = f"cannot write {j.output}: {exc.strerror or exc}"
                             failed(j)
 
-            for batch_jobs in _batches(decoded(), max(1, options.batch), failed):
-                in_flight.append((pool.submit(runner.process, batch_jobs), batch_jobs))
-                drain(workers)
-            drain(0)
+            try:
+                for batch_jobs in _batches(decoded(), max(1, options.batch), failed):
+                    in_flight.append((pool.submit(runner.process, batch_jobs), batch_jobs))
+                    drain(workers)
+                drain(0)
+            except KeyboardInterrupt:
+                # Ctrl-C: images not started are dropped; those being written finish and are
+                # recorded, so that --resume skips them
+                for fut, _ in list(in_flight):
+                    fut.cancel()
+                for fut in decode_futures:
+                    fut.cancel()
+                in_flight[:] = [(f, b) for f, b in in_flight if not f.cancelled()]
+                drain(0)
+                raise
     finally:
         part.close()
         if line_fits is not None:
