@@ -220,3 +220,41 @@ def test_fitted_lens_is_reported_as_the_same_warp_and_implausible_lenses_are_ref
     # a lens the fit once bent a cat's fur straight with: within the model's bounds at
     # f = 0.70, but no lens of the general regime at any focal length
     assert equivalent_in_bounds(np.array([-1.635, 5.459, 0, 0, 0, 1.032, 0, 0])) is None
+
+
+@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="reads /proc")
+def test_fit_processes_exit_when_their_run_is_killed(tmp_path):
+    # a run stopped by SIGKILL (a timeout, a stopped pod) cannot shut its pool down; its fit
+    # processes used to wait for work forever, one more set per killed run
+    import os
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "run.py"
+    script.write_text(
+        "import os, signal, numpy as np\n"
+        "from lens.runtime.plumb_line import LineFitPool\n"
+        "if __name__ == '__main__':\n"
+        "    pool = LineFitPool(2)\n"
+        "    pool.fit(np.full((64, 96), 128, np.uint8), np.zeros(8) + [0, 0, 0, 0, 0, 1, 0, 0])\n"
+        f"    open({str(tmp_path / 'pids')!r}, 'w').write(' '.join(map(str, pool._pool._processes)))\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n")
+    # no pipes: a surviving child would hold them open
+    proc = subprocess.run([sys.executable, str(script)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120)
+    assert proc.returncode == -9
+    children = [int(p) for p in (tmp_path / "pids").read_text().split()]
+    assert children
+
+    def alive(pid: int) -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        with open(f"/proc/{pid}/stat") as f:  # an exited child not yet reaped is a zombie: gone
+            return f.read().split(")")[-1].split()[0] != "Z"
+
+    deadline = time.time() + 10
+    while time.time() < deadline and any(alive(p) for p in children):
+        time.sleep(0.1)
+    assert not any(alive(p) for p in children)
