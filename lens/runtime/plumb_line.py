@@ -34,7 +34,6 @@ from __future__ import annotations
 import multiprocessing
 import os
 import threading
-import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -43,6 +42,7 @@ import cv2
 import numpy as np
 
 from lens.conventions import PARAM_BOUNDS, PARAM_NAMES, REGIME_RANGES
+from lens.runtime.child_processes import exit_with_parent
 from lens.runtime.lens_maps import camera_px, undistort_normalised, undistort_px
 
 # Edges
@@ -738,19 +738,6 @@ def _check(chosen, fitted, lines, residual_network, height, width, prior):
     return problem, reported, gap, after
 
 
-def _exit_with_parent(parent: int, poll_s: float = 0.5) -> None:
-    """In a fit process: exit once ``parent`` is gone. A run killed by SIGTERM or SIGKILL (a
-    pod stopped, a timeout) cannot shut its pool down, and its fit processes waited for work
-    forever, one set more per killed run."""
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(poll_s)
-        os._exit(0)
-
-    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
-
-
 class LineFitPool:
     """`refine_with_lines` in worker processes. The fit is numpy on arrays of a few thousand
     points, so Python holds the GIL most of the time: two threads fitted slower than one here
@@ -771,7 +758,7 @@ class LineFitPool:
                     with self._lock:
                         if self._pool is None:
                             self._pool = ProcessPoolExecutor(self.processes, mp_context=multiprocessing.get_context("spawn"),
-                                                             initializer=_exit_with_parent, initargs=(os.getpid(),))
+                                                             initializer=exit_with_parent, initargs=(os.getpid(),))
                     return self._pool.submit(refine_with_lines, photo, prior).result()
                 except BrokenProcessPool:
                     # workers could not start (e.g. a calling script without a __main__ guard,

@@ -53,9 +53,12 @@ def build_pool(count: int, seed: int, photos: tuple[str, ...], validation: bool 
     photo_slots = {i for i in range(count) if images and i % 8 == 7}
     seeds = [(base + seed * 100_003 + i, width) for i in range(count) if i not in photo_slots]
     if workers > 1:
+        import os
         from concurrent.futures import ProcessPoolExecutor
 
-        with ProcessPoolExecutor(workers) as ex:
+        from lens.runtime.child_processes import exit_with_parent
+
+        with ProcessPoolExecutor(workers, initializer=exit_with_parent, initargs=(os.getpid(),)) as ex:
             scenes = iter(list(ex.map(_render, seeds, chunksize=16)))
     else:
         scenes = map(_render, seeds)
