@@ -223,6 +223,12 @@ def test_resume_corrects_again_an_input_replaced_since(tmp_path, photos):
     assert _outputs(out) == _outputs(fresh) and _outputs(out)[replaced.name] != first[replaced.name]
 
 
+def test_an_output_folder_that_cannot_be_made_is_a_clear_error(tmp_path, photos):
+    (tmp_path / "a_file").write_text("not a folder")
+    result = _run(photos, tmp_path / "a_file" / "out")
+    assert result.exit_code == 2 and "cannot create the output folder" in result.output and "Not a directory" in result.output
+
+
 def test_a_second_run_into_a_busy_folder_is_refused(tmp_path, photos):
     # an overlapping cron job would delete the first run's temporary files and mix records
     import fcntl

@@ -405,7 +405,11 @@ def _exclusive(run_dir: Path) -> Iterator[None]:
     except ImportError:  # not POSIX: no advisory lock here
         yield
         return
-    with open(run_dir / LOCK_FILE, "a+") as handle:
+    try:
+        handle = open(run_dir / LOCK_FILE, "a+")
+    except OSError as exc:
+        raise RunRefused(f"cannot write to the output folder {run_dir.parent}: {exc.strerror or exc}") from None
+    with handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -465,9 +469,11 @@ def run(src: Path, out: Path, backend: Backend, options: RunOptions, info: dict,
     ``--resume`` skips. Raises
     `RunRefused` before writing anything if another run holds ``out`` or ``--resume`` finds
     other settings there."""
-    out.mkdir(parents=True, exist_ok=True)
     run_dir = out / RUN_DIR
-    run_dir.mkdir(exist_ok=True)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RunRefused(f"cannot create the output folder {run_dir}: {exc.strerror or exc}") from None
     with _exclusive(run_dir):
         return _run_locked(src, out, run_dir, backend, options, info, on_image, has_residual, codec_choice, on_skipped)
 
