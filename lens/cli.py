@@ -107,6 +107,15 @@ def run_cmd(
     if src.is_dir() and out.resolve() == src.resolve():  # corrected copies would replace the originals
         raise typer.BadParameter(f"{out} is the input folder: the corrected photos would replace the originals; choose another folder",
                                  param_hint="OUT")
+    from lens.runtime.io import IMAGE_SUFFIXES, ignored_files, list_images
+
+    total, ignored = (len(list_images(src)), ignored_files(src)) if src.is_dir() else (1, {})
+    if ignored:  # a shoot's HEIC or RAW files must not vanish without a word
+        console.print(f"ignored (not a {'/'.join(s[1:] for s in IMAGE_SUFFIXES)} file): "
+                      + ", ".join(f"{n} {suffix}" for suffix, n in ignored.items()), soft_wrap=True)
+    if total == 0:
+        console.print(f"[red]error:[/] no images in {escape(str(src))}", soft_wrap=True)
+        raise typer.Exit(2)
     try:
         choice = select_backend(backend, device, build, checkpoint)
     except BackendUnavailable as exc:
@@ -139,9 +148,8 @@ def run_cmd(
         raise typer.Exit(2)
     console.print(f"codec: {escape(codec_choice[1])}", soft_wrap=True)
     console.print(f"line fit: {escape(line_fit_reason)}", soft_wrap=True)
-    from lens.runtime.io import list_images
-
-    total = len(list_images(src)) if src.is_dir() else 1
+    if ignored:
+        info["ignored_files"] = ignored
     t0 = time.perf_counter()
     with _progress() as progress:
         task = progress.add_task("lens run", total=total, rate="")

@@ -229,6 +229,21 @@ def test_an_output_folder_that_cannot_be_made_is_a_clear_error(tmp_path, photos)
     assert result.exit_code == 2 and "cannot create the output folder" in result.output and "Not a directory" in result.output
 
 
+def test_files_that_are_not_images_are_named_and_an_empty_input_is_an_error(tmp_path, photos):
+    shoot = tmp_path / "shoot"
+    shoot.mkdir()
+    for name in ("IMG_1.HEIC", "IMG_2.heic", "IMG_3.CR2"):  # what a camera card also holds
+        (shoot / name).write_bytes(b"raw")
+    result = _run(shoot, tmp_path / "out")
+    assert result.exit_code == 2 and "no images in" in result.output
+    assert "ignored (not a jpg/jpeg/png" in result.output and "1 .cr2, 2 .heic" in result.output
+    (shoot / "p00.jpg").write_bytes((photos / "p00.jpg").read_bytes())
+    result = _run(shoot, tmp_path / "out", "--refine", "off")
+    assert result.exit_code == 0 and "1 .cr2, 2 .heic" in result.output
+    summary = json.loads((tmp_path / "out" / "lens-run" / "summary.json").read_text())
+    assert summary["ok"] == 1 and summary["ignored_files"] == {".cr2": 1, ".heic": 2}
+
+
 def test_a_second_run_into_a_busy_folder_is_refused(tmp_path, photos):
     # an overlapping cron job would delete the first run's temporary files and mix records
     import fcntl

@@ -251,3 +251,14 @@ def write_image(path: str | os.PathLike, image: DecodedImage, quality: int = JPE
 def list_images(folder: Path) -> list[Path]:
     """Image files directly inside ``folder``, sorted by name (deterministic order)."""
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+
+
+def ignored_files(folder: Path) -> dict[str, int]:
+    """Files directly inside ``folder`` that `list_images` leaves out (not hidden), counted by
+    suffix: a shoot's HEIC or RAW files should not vanish without a word."""
+    counts: dict[str, int] = {}
+    for p in folder.iterdir():
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() not in IMAGE_SUFFIXES:
+            key = p.suffix.lower() or "(no suffix)"
+            counts[key] = counts.get(key, 0) + 1
+    return dict(sorted(counts.items()))
