@@ -244,6 +244,37 @@ def test_files_that_are_not_images_are_named_and_an_empty_input_is_an_error(tmp_
     assert summary["ok"] == 1 and summary["ignored_files"] == {".cr2": 1, ".heic": 2}
 
 
+def _exif_with_thumbnail(orientation: int, thumbnail: bytes) -> bytes:
+    """A camera's EXIF: IFD0 (orientation) linked to IFD1, which points at a JPEG thumbnail."""
+    import struct
+
+    ifd0 = struct.pack("<H", 1) + struct.pack("<HHII", 0x0112, 3, 1, orientation) + struct.pack("<I", 26)
+    data_at = 26 + 2 + 2 * 12 + 4
+    ifd1 = struct.pack("<H", 2) + struct.pack("<HHII", 0x0201, 4, 1, data_at) + struct.pack("<HHII", 0x0202, 4, 1, len(thumbnail)) + struct.pack("<I", 0)
+    return b"Exif\x00\x00" + b"II*\x00" + struct.pack("<I", 8) + ifd0 + ifd1 + thumbnail
+
+
+def test_the_uncorrected_exif_thumbnail_is_not_carried_over(tmp_path, photos):
+    # file browsers show a JPEG's EXIF thumbnail in place of the photo: the camera's one shows
+    # the uncorrected image
+    import struct
+
+    rgb = _small("rocket.jpg", 480)
+    ok, thumb = cv2.imencode(".jpg", cv2.resize(rgb, (160, 120)))
+    shoot = tmp_path / "shoot"
+    shoot.mkdir()
+    Image.fromarray(rgb).save(shoot / "card.jpg", quality=92, exif=_exif_with_thumbnail(6, thumb.tobytes()))
+    with Image.open(shoot / "card.jpg") as src:
+        raw = src.info["exif"]
+        assert struct.unpack("<I", raw[6 + 8 + 14 : 6 + 8 + 18])[0] == 26  # the input links its thumbnail
+    assert _run(shoot, tmp_path / "out", "--refine", "off").exit_code == 0
+    with Image.open(tmp_path / "out" / "card.jpg") as out:
+        kept = out.info["exif"]
+        assert out.getexif()[0x0112] == 6  # orientation and the rest kept
+    assert struct.unpack("<I", kept[6 + 8 + 14 : 6 + 8 + 18])[0] == 0  # no thumbnail linked
+    assert len(kept) == len(raw)
+
+
 def test_a_second_run_into_a_busy_folder_is_refused(tmp_path, photos):
     # an overlapping cron job would delete the first run's temporary files and mix records
     import fcntl

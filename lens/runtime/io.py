@@ -11,6 +11,7 @@ is copied to the output: viewers then show the corrected image the same way up a
 from __future__ import annotations
 
 import os
+import struct
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -128,7 +129,7 @@ def read_image(path: str | os.PathLike, keep_jpeg: bool = False) -> DecodedImage
                     raise ImageReadError(path, f"image too large: {w}x{h} exceeds {MAX_PIXELS:,} pixels")
                 if w < 2 or h < 2:
                     raise ImageReadError(path, f"image too small to warp: {w}x{h}")
-                exif = img.info.get("exif")
+                exif = without_thumbnail(img.info.get("exif"))
                 icc = img.info.get("icc_profile")
                 if keep_jpeg:
                     from lens.runtime.gpu_jpeg import device_decodable
@@ -150,6 +151,27 @@ def read_image(path: str | os.PathLike, keep_jpeg: bool = False) -> DecodedImage
     except (OSError, ValueError, SyntaxError) as exc:
         raise ImageReadError(path, f"corrupt or truncated image: {exc}") from None
     return DecodedImage(np.ascontiguousarray(pixels), exif=exif, icc_profile=icc)
+
+
+def without_thumbnail(exif: bytes | None) -> bytes | None:
+    """EXIF with the link to its second IFD, the embedded thumbnail, cut: a camera's thumbnail
+    shows the uncorrected photo, and file browsers show it in place of the corrected one. The
+    rest (orientation, capture data, maker notes) is kept byte for byte; a block this does not
+    understand is kept as it is."""
+    if not exif:
+        return exif
+    head = 6 if exif.startswith(b"Exif\x00\x00") else 0
+    tiff = exif[head:]
+    order = {b"II": "<", b"MM": ">"}.get(tiff[:2])
+    if order is None or len(tiff) < 8:
+        return exif
+    ifd0 = struct.unpack(order + "I", tiff[4:8])[0]
+    if ifd0 + 2 > len(tiff):
+        return exif
+    link = ifd0 + 2 + 12 * struct.unpack(order + "H", tiff[ifd0 : ifd0 + 2])[0]
+    if link + 4 > len(tiff) or tiff[link : link + 4] == b"\x00\x00\x00\x00":
+        return exif
+    return exif[: head + link] + b"\x00\x00\x00\x00" + exif[head + link + 4 :]
 
 
 def output_format(path: Path) -> str:
