@@ -1,4 +1,5 @@
 """`lens run` on the embedded default model: bad input, SIGKILL + resume, determinism, lean."""
+import io
 import json
 import os
 import signal
@@ -273,6 +274,24 @@ def test_the_uncorrected_exif_thumbnail_is_not_carried_over(tmp_path, photos):
         assert out.getexif()[0x0112] == 6  # orientation and the rest kept
     assert struct.unpack("<I", kept[6 + 8 + 14 : 6 + 8 + 18])[0] == 0  # no thumbnail linked
     assert len(kept) == len(raw)
+
+
+def test_xmp_and_iptc_of_a_jpeg_are_kept(tmp_path):
+    # a photographer's copyright, keywords and ratings live there
+    xmp = b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><dc:rights>(c) Studio</dc:rights><xmp:Rating>5</xmp:Rating></x:xmpmeta>'
+    iptc = b"Photoshop 3.0\x008BIM\x04\x04\x00\x00\x00\x00\x00\x0c\x1c\x02t\x00\x08(c) Studi"
+    shoot = tmp_path / "shoot"
+    shoot.mkdir()
+    buf = io.BytesIO()
+    Image.fromarray(_small("rocket.jpg", 400)).save(buf, "JPEG", quality=92, xmp=xmp)
+    data = buf.getvalue()
+    app13 = b"\xff\xed" + (len(iptc) + 2).to_bytes(2, "big") + iptc
+    (shoot / "shot.jpg").write_bytes(data[:2] + app13 + data[2:])
+    with Image.open(shoot / "shot.jpg") as src:
+        assert src.info["xmp"] == xmp and ("APP13", iptc) in src.applist
+    assert _run(shoot, tmp_path / "out", "--refine", "off").exit_code == 0
+    with Image.open(tmp_path / "out" / "shot.jpg") as out:
+        assert out.info["xmp"] == xmp and ("APP13", iptc) in out.applist
 
 
 def test_a_second_run_into_a_busy_folder_is_refused(tmp_path, photos):

@@ -55,6 +55,8 @@ class DecodedImage:
     pixels: np.ndarray | None
     exif: bytes | None = None
     icc_profile: bytes | None = None
+    # A JPEG's XMP (APP1) and IPTC (APP13) marker segments, whole: keywords, copyright, ratings
+    segments: tuple[bytes, ...] = ()
     # For a GPU decoder (`lens.runtime.gpu_jpeg`): the file's bytes and (H, W), pixels None.
     encoded: bytes | None = None
     encoded_size: tuple[int, int] | None = None
@@ -131,13 +133,14 @@ def read_image(path: str | os.PathLike, keep_jpeg: bool = False) -> DecodedImage
                     raise ImageReadError(path, f"image too small to warp: {w}x{h}")
                 exif = without_thumbnail(img.info.get("exif"))
                 icc = img.info.get("icc_profile")
+                segments = _kept_segments(img)
                 if keep_jpeg:
                     from lens.runtime.gpu_jpeg import device_decodable
 
                     if device_decodable(path, img.format, img.mode):
                         data = path.read_bytes()
                         if data[-2:] == b"\xff\xd9":
-                            return DecodedImage(None, exif=exif, icc_profile=icc, encoded=data, encoded_size=(h, w))
+                            return DecodedImage(None, exif=exif, icc_profile=icc, segments=segments, encoded=data, encoded_size=(h, w))
                 pixels = _fast_decode(path, img.format, img.mode)
                 if pixels is None:
                     img.load()
@@ -150,7 +153,20 @@ def read_image(path: str | os.PathLike, keep_jpeg: bool = False) -> DecodedImage
         raise ImageReadError(path, f"image too large (decompression bomb guard): {exc}") from None
     except (OSError, ValueError, SyntaxError) as exc:
         raise ImageReadError(path, f"corrupt or truncated image: {exc}") from None
-    return DecodedImage(np.ascontiguousarray(pixels), exif=exif, icc_profile=icc)
+    return DecodedImage(np.ascontiguousarray(pixels), exif=exif, icc_profile=icc, segments=segments)
+
+
+_XMP_PREFIX = b"http://ns.adobe.com/x"  # XMP (".../xap/1.0/") and extended XMP (".../xmp/extension/")
+_MARKERS = {"APP1": b"\xff\xe1", "APP13": b"\xff\xed"}
+
+
+def _kept_segments(img: Image.Image) -> tuple[bytes, ...]:
+    """A JPEG's XMP and IPTC (Photoshop APP13) segments, as they are in the file."""
+    out = []
+    for marker, payload in getattr(img, "applist", []):
+        if (marker == "APP1" and payload.startswith(_XMP_PREFIX)) or marker == "APP13":
+            out.append(_MARKERS[marker] + (len(payload) + 2).to_bytes(2, "big") + payload)
+    return tuple(out)
 
 
 def without_thumbnail(exif: bytes | None) -> bytes | None:
@@ -179,13 +195,14 @@ def output_format(path: Path) -> str:
     return "PNG" if path.suffix.lower() == ".png" else "JPEG"
 
 
-def _jpeg_segments(exif: bytes | None, icc: bytes | None) -> bytes:
-    """APP1 (Exif) and APP2 (ICC_PROFILE, split into chunks) marker segments."""
+def _jpeg_segments(exif: bytes | None, icc: bytes | None, segments: tuple[bytes, ...] = ()) -> bytes:
+    """APP1 (Exif), the kept XMP and IPTC segments, and APP2 (ICC_PROFILE, split into chunks)."""
     out = b""
     if exif:
         payload = exif if exif.startswith(b"Exif\x00\x00") else b"Exif\x00\x00" + exif
         if len(payload) <= 65533:
             out += b"\xff\xe1" + (len(payload) + 2).to_bytes(2, "big") + payload
+    out += b"".join(segments)
     if icc:
         chunk = 65519
         parts = [icc[i : i + chunk] for i in range(0, len(icc), chunk)]
@@ -195,17 +212,17 @@ def _jpeg_segments(exif: bytes | None, icc: bytes | None) -> bytes:
     return out
 
 
-def _encode_jpeg_opencv(pixels: np.ndarray, exif: bytes | None, icc: bytes | None, quality: int) -> bytes:
+def _encode_jpeg_opencv(pixels: np.ndarray, exif: bytes | None, icc: bytes | None, quality: int, segments: tuple[bytes, ...] = ()) -> bytes:
     bgr = pixels[..., 0] if pixels.shape[2] == 1 else cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR)
     ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, quality, cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444])
     if not ok:
         raise ValueError("JPEG encoding failed")
-    return splice_jpeg_metadata(buf.tobytes(), exif, icc)
+    return splice_jpeg_metadata(buf.tobytes(), exif, icc, segments)
 
 
-def splice_jpeg_metadata(data: bytes, exif: bytes | None, icc: bytes | None) -> bytes:
-    """``data`` (a JPEG from an encoder that writes no EXIF/ICC) with them inserted."""
-    extra = _jpeg_segments(exif, icc)
+def splice_jpeg_metadata(data: bytes, exif: bytes | None, icc: bytes | None, segments: tuple[bytes, ...] = ()) -> bytes:
+    """``data`` (a JPEG from an encoder that writes no metadata) with the input's inserted."""
+    extra = _jpeg_segments(exif, icc, segments)
     if not extra:
         return data
     # After SOI and the encoder's JFIF APP0, as Pillow would place them.
@@ -227,7 +244,7 @@ def encode_image(image: DecodedImage, fmt: str, quality: int = JPEG_QUALITY) -> 
         pixels = pixels[..., :3]
         channels = 3
     if fmt == "JPEG":
-        return _encode_jpeg_opencv(np.ascontiguousarray(pixels), image.exif, image.icc_profile, quality)
+        return _encode_jpeg_opencv(np.ascontiguousarray(pixels), image.exif, image.icc_profile, quality, image.segments)
     mode = {1: "L", 3: "RGB", 4: "RGBA"}[channels]
     img = Image.fromarray(pixels[..., 0] if channels == 1 else pixels, mode=mode)
     options: dict = {}

@@ -294,7 +294,7 @@ class Runner:
                 warped = warped[..., :1]
             job.timings["warp_ms"] = (time.perf_counter() - t) * 1e3
             t = time.perf_counter()
-            result = DecodedImage(np.ascontiguousarray(warped), exif=job.image.exif, icc_profile=job.image.icc_profile)
+            result = DecodedImage(np.ascontiguousarray(warped), exif=job.image.exif, icc_profile=job.image.icc_profile, segments=job.image.segments)
             data = encode_image(result, output_format(job.output), self.options.quality)
             write_atomic(job.output, data)
             job.timings["encode_ms"] = (time.perf_counter() - t) * 1e3
@@ -338,7 +338,7 @@ class Runner:
         for i, (job, data) in enumerate(zip(jobs, datas)):
             job.timings.update(gpu_decode_ms=(t_dec - t) * 1e3 / n, infer_ms=(t_inf - t_dec) * 1e3 / n, gpu_encode_ms=(t_enc - t_inf) * 1e3 / n)
             t_w = time.perf_counter()
-            write_atomic(job.output, splice_jpeg_metadata(data, job.image.exif, job.image.icc_profile))
+            write_atomic(job.output, splice_jpeg_metadata(data, job.image.exif, job.image.icc_profile, job.image.segments))
             job.timings["write_ms"] = (time.perf_counter() - t_w) * 1e3
             records.append(self._record(job, host, i, None))
             job.image = None
