@@ -82,6 +82,7 @@ def run_cmd(
     batch: int = typer.Option(1, min=1, help="Images per inference on GPU backends (the CPU infers one image at a time)."),
     workers: int = typer.Option(0, min=0, help="Worker threads for decode / warp / encode, and line-fit processes (0: one per core this process may use: its CPU affinity and container CPU quota)."),
     resume: bool = typer.Option(False, help="Skip images whose output and record already exist."),
+    recursive: bool = typer.Option(False, "--recursive", "-r", help="Also the photos in IN's subfolders, mirrored under OUT (folders holding an earlier run's lens-run/ are left out)."),
     quality: int = typer.Option(95, min=1, max=100, help="JPEG quality (4:4:4 chroma)."),
     mode: str = typer.Option("auto", help="auto, or force hybrid | param_only | param_only_conservative."),
     codec: str = typer.Option("auto", help="auto | cpu | gpu: JPEG decode/encode on the GPU needs the torch backend on CUDA and nvImageCodec ('.[gpu-codecs]')."),
@@ -109,7 +110,8 @@ def run_cmd(
                                  param_hint="OUT")
     from lens.runtime.io import IMAGE_SUFFIXES, ignored_files, list_images
 
-    total, ignored = (len(list_images(src)), ignored_files(src)) if src.is_dir() else (1, {})
+    walk = (recursive, out.resolve())
+    total, ignored = (len(list_images(src, *walk)), ignored_files(src, *walk)) if src.is_dir() else (1, {})
     if ignored:  # a shoot's HEIC or RAW files must not vanish without a word
         console.print(f"ignored (not a {'/'.join(s[1:] for s in IMAGE_SUFFIXES)} file): "
                       + ", ".join(f"{n} {suffix}" for suffix, n in ignored.items()), soft_wrap=True)
@@ -137,7 +139,8 @@ def run_cmd(
 
         info["model"] = {"checkpoint": str(checkpoint), "checkpoint_sha256": hashlib.sha256(checkpoint.read_bytes()).hexdigest()}
     options = RunOptions(batch=batch, workers=workers or usable_cores(), resume=resume, quality=quality,
-                         mode_override=-1 if mode == "auto" else MODES.index(mode), codec=codec, refine=refine)
+                         mode_override=-1 if mode == "auto" else MODES.index(mode), codec=codec, refine=refine,
+                         recursive=recursive)
     from lens.runtime.pipeline import choose_codec, line_fit_plan
 
     line_fit, line_fit_reason = line_fit_plan(choice.backend, options)

@@ -294,6 +294,31 @@ def test_xmp_and_iptc_of_a_jpeg_are_kept(tmp_path):
         assert out.info["xmp"] == xmp and ("APP13", iptc) in out.applist
 
 
+def test_recursive_run_mirrors_the_folders_and_leaves_its_output_out(tmp_path, photos):
+    # a photo pipeline keeps one folder per listing; the output may sit inside the input
+    shoots = tmp_path / "shoots"
+    for rel, src in (("IMG_1.jpg", "p00"), ("listing42/IMG_1.jpg", "p01"), ("listing42/back/IMG_2.jpg", "p02"), ("listing7/IMG_1.jpg", "p03")):
+        (shoots / rel).parent.mkdir(parents=True, exist_ok=True)
+        (shoots / rel).write_bytes((photos / f"{src}.jpg").read_bytes())
+    out = shoots / "corrected"
+    result = _run(shoots, out, "--recursive", "--refine", "off")
+    assert result.exit_code == 0, result.output
+    written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.jpg"))
+    assert written == ["IMG_1.jpg", "listing42/IMG_1.jpg", "listing42/back/IMG_2.jpg", "listing7/IMG_1.jpg"]
+    records = [json.loads(line) for line in (out / "lens-run" / "images.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in records] == ["IMG_1", "listing42/IMG_1", "listing42/back/IMG_2", "listing7/IMG_1"]
+    single = tmp_path / "single"  # each output is the photo's own correction
+    assert _run(shoots / "listing42" / "back" / "IMG_2.jpg", single, "--refine", "off").exit_code == 0
+    assert (single / "IMG_2.jpg").read_bytes() == (out / "listing42" / "back" / "IMG_2.jpg").read_bytes()
+    again = _run(shoots, out, "--recursive", "--refine", "off", "--resume")  # the output folder is not an input
+    assert again.exit_code == 0 and "0 failed, 4 skipped" in again.output
+    elsewhere = tmp_path / "elsewhere"  # nor is an earlier run's output kept inside the input
+    assert _run(shoots, elsewhere, "--recursive", "--refine", "off").exit_code == 0
+    assert len(list(elsewhere.rglob("*.jpg"))) == 4
+    flat = _run(shoots, tmp_path / "flat", "--refine", "off")  # without --recursive: the top folder only
+    assert flat.exit_code == 0 and len(list((tmp_path / "flat").rglob("*.jpg"))) == 1
+
+
 def test_a_second_run_into_a_busy_folder_is_refused(tmp_path, photos):
     # an overlapping cron job would delete the first run's temporary files and mix records
     import fcntl

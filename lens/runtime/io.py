@@ -14,6 +14,7 @@ import os
 import struct
 import tempfile
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -287,17 +288,31 @@ def write_image(path: str | os.PathLike, image: DecodedImage, quality: int = JPE
     write_atomic(path, encode_image(image, output_format(path), quality))
 
 
-def list_images(folder: Path) -> list[Path]:
-    """Image files directly inside ``folder``, sorted by name (deterministic order)."""
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
-
-
-def ignored_files(folder: Path) -> dict[str, int]:
-    """Files directly inside ``folder`` that `list_images` leaves out (not hidden), counted by
-    suffix: a shoot's HEIC or RAW files should not vanish without a word."""
-    counts: dict[str, int] = {}
+def _files(folder: Path, recursive: bool, skip: Path | None) -> Iterator[Path]:
+    """Files inside ``folder`` (and its subfolders if ``recursive``), hidden ones left out, and
+    subfolders that are ``skip`` (a run's own output folder) or hold a `lens run`'s metadata
+    folder (an earlier run's output): their photos are corrections already."""
     for p in folder.iterdir():
-        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() not in IMAGE_SUFFIXES:
+        if p.name.startswith("."):
+            continue
+        if p.is_dir():
+            if recursive and not (skip is not None and p.resolve() == skip) and not (p / "lens-run").is_dir():
+                yield from _files(p, True, skip)
+        elif p.is_file():
+            yield p
+
+
+def list_images(folder: Path, recursive: bool = False, skip: Path | None = None) -> list[Path]:
+    """Image files inside ``folder`` (`_files`), sorted by path (deterministic order)."""
+    return sorted(p for p in _files(folder, recursive, skip) if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def ignored_files(folder: Path, recursive: bool = False, skip: Path | None = None) -> dict[str, int]:
+    """Files that `list_images` leaves out for their suffix, counted by suffix: a shoot's HEIC
+    or RAW files should not vanish without a word."""
+    counts: dict[str, int] = {}
+    for p in _files(folder, recursive, skip):
+        if p.suffix.lower() not in IMAGE_SUFFIXES:
             key = p.suffix.lower() or "(no suffix)"
             counts[key] = counts.get(key, 0) + 1
     return dict(sorted(counts.items()))

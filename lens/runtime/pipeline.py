@@ -44,6 +44,7 @@ class RunOptions:
     mode_override: int = -1  # -1 automatic, else an index into MODES
     codec: str = "auto"  # auto | cpu | gpu: where JPEGs are decoded and encoded (`choose_codec`)
     refine: str = "auto"  # auto | lines | off: refit the lens to the photo's straight lines (`line_fit_plan`)
+    recursive: bool = False  # also the subfolders of the input, mirrored under the output
 
 
 @dataclass
@@ -66,24 +67,27 @@ def _source_stat(path: Path) -> list[int] | None:
     return [st.st_size, st.st_mtime_ns]
 
 
-def plan(src: Path, out: Path) -> tuple[list[Job], list[dict]]:
-    """One job per input (sorted by name); inputs whose output name collides with an
-    earlier one's are refused (two files with one stem would overwrite each other), and so
-    are inputs that would be overwritten by their own output (OUT is the input's folder)."""
-    sources = list_images(src) if src.is_dir() else [src]
+def plan(src: Path, out: Path, recursive: bool = False) -> tuple[list[Job], list[dict]]:
+    """One job per input (sorted by path). An image's id is its path below ``src`` without the
+    suffix ("IMG_1", or "listing42/IMG_1" with ``recursive``) and its output the same path
+    below ``out``. Inputs whose output collides with an earlier one's are refused (two files
+    with one stem would overwrite each other), and so are inputs that their own output would
+    replace (OUT is the input's folder)."""
+    sources = list_images(src, recursive, out.resolve()) if src.is_dir() else [src]
     jobs, refused, taken = [], [], {}
     for s in sources:
-        suffix = ".png" if s.suffix.lower() == ".png" else ".jpg"
-        name = s.stem + suffix
+        relative = s.relative_to(src) if src.is_dir() else Path(s.name)
+        image_id = relative.with_suffix("").as_posix()
+        name = relative.with_suffix(".png" if s.suffix.lower() == ".png" else ".jpg").as_posix()
         if name in taken:
-            refused.append({"id": s.stem, "source": str(s), "status": "failed", "error": f"output name {name} already taken by {taken[name].name}"})
+            refused.append({"id": image_id, "source": str(s), "status": "failed", "error": f"output name {name} already taken by {taken[name].name}"})
             continue
         if (out / name).resolve() == s.resolve():
-            refused.append({"id": s.stem, "source": str(s), "status": "failed",
+            refused.append({"id": image_id, "source": str(s), "status": "failed",
                             "error": f"the output {out / name} would replace this input: choose an output folder other than the input's"})
             continue
         taken[name] = s
-        jobs.append(Job(s.stem, s, out / name, source_stat=_source_stat(s)))
+        jobs.append(Job(image_id, s, out / name, source_stat=_source_stat(s)))
     return jobs, refused
 
 
@@ -101,9 +105,9 @@ def _read_records(run_dir: Path) -> dict[str, dict]:
     return records
 
 
-def _clean_stale_temporaries(out: Path) -> int:
+def _clean_stale_temporaries(out: Path, recursive: bool = False) -> int:
     n = 0
-    for p in out.glob(".*.part"):
+    for p in (out.rglob if recursive else out.glob)(".*.part"):
         p.unlink(missing_ok=True)
         n += 1
     return n
@@ -484,8 +488,8 @@ def _run_locked(src: Path, out: Path, run_dir: Path, backend: Backend, options: 
     line_fit, line_fit_reason = line_fit_plan(backend, options)
     codec, codec_reason = codec_choice or choose_codec(backend, options.codec, line_fit)
     _hold_to_settings(run_dir, output_settings(backend, options, info, line_fit, codec is not None), options.resume)
-    _clean_stale_temporaries(out)
-    jobs, refused = plan(src, out)
+    _clean_stale_temporaries(out, options.recursive)
+    jobs, refused = plan(src, out, options.recursive)
     previous = _read_records(run_dir) if options.resume else {}
     # an input replaced since (another size or time) is corrected again
     skipped = [j for j in jobs if previous.get(j.image_id, {}).get("status") == "ok" and j.output.exists()
@@ -582,7 +586,7 @@ def _run_locked(src: Path, out: Path, run_dir: Path, backend: Backend, options: 
         "codec": codec_reason,
         "lines": _lines_summary(ok_now, line_fit, line_fit_reason),
         "backend_state": backend.describe(),
-        "options": {"batch": options.batch, "workers": options.workers, "quality": options.quality,
+        "options": {"batch": options.batch, "workers": options.workers, "quality": options.quality, "recursive": options.recursive,
                     "mode": "auto" if options.mode_override < 0 else MODES[options.mode_override]},
         **info,
     }
