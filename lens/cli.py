@@ -98,7 +98,8 @@ def run_cmd(
 
     from lens.runtime.backends import BackendUnavailable, read_manifest, select_backend
     from lens.runtime.cpu_budget import usable_cores
-    from lens.runtime.pipeline import RunOptions, RunRefused, run
+    from lens.runtime.pipeline import RunOptions, run
+    from lens.runtime.run_folder import RunRefused
     from lens.runtime.policy import MODES
 
     if mode != "auto" and mode not in MODES:

@@ -3,8 +3,9 @@
 - Worker threads decode, sample (OpenCV releases the GIL) and encode; images are grouped by
   size into batches for the GPU backends. On the CPU each image is inferred on its own, so an
   image's output never depends on ``--batch`` or ``--workers``: byte-identical outputs.
-- Every output is written to a temporary name and renamed; stale temporary files of a killed
-  run are removed when the next run starts, and ``--resume`` skips images already written.
+- Every output is written to a temporary name and renamed; the output folder's bookkeeping
+  (one run at a time, ``--resume``'s settings and records, stale temporaries of a killed run)
+  is `lens.runtime.run_folder`'s.
 - Per-image records go to ``OUT/lens-run/images.jsonl`` (appended as images finish, rewritten
   sorted at the end) and a summary to ``OUT/lens-run/summary.json`` (`lens.runtime.metadata`).
 - A file that cannot be read is recorded with its reason and the run goes on; the exit code
@@ -13,14 +14,12 @@
 from __future__ import annotations
 
 import json
-import os
 import platform
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,8 +29,9 @@ import numpy as np
 from lens.conventions import PARAM_NAMES, SAFETY_STATS
 from lens.runtime.backends import Backend
 from lens.runtime.io import DecodedImage, ImageReadError, encode_image, list_images, output_format, read_image, splice_jpeg_metadata, write_atomic
-from lens.runtime.metadata import IMAGES_FILE, LOCK_FILE, RUN_DIR, SETTINGS_FILE, SUMMARY_FILE
+from lens.runtime.metadata import IMAGES_FILE, RUN_DIR, SUMMARY_FILE
 from lens.runtime.policy import MODES, SafetyThresholds, reasons_from_masks, violations
+from lens.runtime.run_folder import RunRefused, clean_stale_temporaries, exclusive, hold_to_settings, read_records, source_stat
 from lens.runtime.sampling import warp_with_maps
 
 
@@ -55,16 +55,7 @@ class Job:
     image: DecodedImage | None = None
     error: str | None = None
     timings: dict = field(default_factory=dict)
-    source_stat: list[int] | None = None  # [size in bytes, mtime in ns] when planned (`_source_stat`)
-
-
-def _source_stat(path: Path) -> list[int] | None:
-    """What ``--resume`` compares to tell a replaced input from the one already corrected."""
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return [st.st_size, st.st_mtime_ns]
+    source_stat: list[int] | None = None  # [size in bytes, mtime in ns] when planned (`lens.runtime.run_folder.source_stat`)
 
 
 def plan(src: Path, out: Path, recursive: bool = False) -> tuple[list[Job], list[dict]]:
@@ -87,30 +78,8 @@ def plan(src: Path, out: Path, recursive: bool = False) -> tuple[list[Job], list
                             "error": f"the output {out / name} would replace this input: choose an output folder other than the input's"})
             continue
         taken[name] = s
-        jobs.append(Job(image_id, s, out / name, source_stat=_source_stat(s)))
+        jobs.append(Job(image_id, s, out / name, source_stat=source_stat(s)))
     return jobs, refused
-
-
-def _read_records(run_dir: Path) -> dict[str, dict]:
-    records = {}
-    for name in (IMAGES_FILE, IMAGES_FILE + ".part"):
-        path = run_dir / name
-        if path.exists():
-            for line in path.read_text().splitlines():
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:  # the last line of a killed run may be cut
-                    continue
-                records[rec["id"]] = rec
-    return records
-
-
-def _clean_stale_temporaries(out: Path, recursive: bool = False) -> int:
-    n = 0
-    for p in (out.rglob if recursive else out.glob)(".*.part"):
-        p.unlink(missing_ok=True)
-        n += 1
-    return n
 
 
 def _decode(job: Job, keep_jpeg: bool = False) -> Job:
@@ -387,50 +356,6 @@ def _batches(decoded: Iterator[Job], size: int, failed: Callable[[Job], None]) -
     yield from pending.values()
 
 
-class RunRefused(RuntimeError):
-    """The run cannot start in this output folder (nothing was written)."""
-
-
-class ResumeMismatch(RunRefused):
-    """``--resume`` into a folder written with other output settings."""
-
-
-class OutputBusy(RunRefused):
-    """Another `lens run` is writing to the output folder."""
-
-
-@contextmanager
-def _exclusive(run_dir: Path) -> Iterator[None]:
-    """Hold ``run_dir``'s lock file for the run: a second run into the same folder (an
-    overlapping cron job) would delete the first one's temporary files and interleave its
-    records. The lock is the kernel's (``flock``), so a killed run releases it."""
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no advisory lock here
-        yield
-        return
-    try:
-        handle = open(run_dir / LOCK_FILE, "a+")
-    except OSError as exc:
-        raise RunRefused(f"cannot write to the output folder {run_dir.parent}: {exc.strerror or exc}") from None
-    with handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip()
-            raise OutputBusy(f"another lens run{f' (process {holder})' if holder else ''} is writing to {run_dir.parent}: "
-                             "wait for it to finish, or choose another output folder") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(str(os.getpid()))
-        handle.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def output_settings(backend: Backend, options: RunOptions, info: dict, line_fit: bool, gpu_codec: bool) -> dict:
     """What decides an output's bytes: the model, the backend, the options that change pixels
     or encoding, and lens's version (``--workers`` does not; nor does ``--batch`` on the CPU,
@@ -447,38 +372,20 @@ def output_settings(backend: Backend, options: RunOptions, info: dict, line_fit:
     return settings
 
 
-def _hold_to_settings(run_dir: Path, settings: dict, resume: bool) -> None:
-    """With ``resume``, refuse a folder whose earlier run had other settings (its outputs and
-    this run's would mix); then record this run's."""
-    path = run_dir / SETTINGS_FILE
-    if resume and path.exists():
-        try:
-            earlier = json.loads(path.read_text())
-        except json.JSONDecodeError:
-            earlier = {}
-        changed = sorted(k for k in set(settings) | set(earlier) if settings.get(k) != earlier.get(k))
-        if changed:
-            detail = "; ".join(f"{k}: {earlier.get(k)!r} then, {settings.get(k)!r} now" for k in changed)
-            raise ResumeMismatch(f"--resume: {run_dir.parent} was written with other settings ({detail}); "
-                                 "its outputs and this run's would differ. Resume with the earlier settings, or run without --resume to redo every image")
-    write_atomic(path, (json.dumps(settings, indent=2, sort_keys=True) + "\n").encode())
-
-
 def run(src: Path, out: Path, backend: Backend, options: RunOptions, info: dict,
         on_image: Callable[[dict], None] | None = None, has_residual: bool = True, codec_choice: tuple | None = None,
         on_skipped: Callable[[int], None] | None = None) -> dict:
     """Correct every image of ``src`` into ``out``; returns the run summary. ``codec_choice``:
     a `choose_codec` result already made (default: made here from ``options.codec``).
     ``on_image``: called with each new record; ``on_skipped``: once, with the number of images
-    ``--resume`` skips. Raises
-    `RunRefused` before writing anything if another run holds ``out`` or ``--resume`` finds
-    other settings there."""
+    ``--resume`` skips. Raises `RunRefused` before writing anything if another run holds
+    ``out`` or ``--resume`` finds other settings there."""
     run_dir = out / RUN_DIR
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise RunRefused(f"cannot create the output folder {run_dir}: {exc.strerror or exc}") from None
-    with _exclusive(run_dir):
+    with exclusive(run_dir):
         return _run_locked(src, out, run_dir, backend, options, info, on_image, has_residual, codec_choice, on_skipped)
 
 
@@ -487,10 +394,10 @@ def _run_locked(src: Path, out: Path, run_dir: Path, backend: Backend, options: 
                 on_skipped: Callable[[int], None] | None) -> dict:
     line_fit, line_fit_reason = line_fit_plan(backend, options)
     codec, codec_reason = codec_choice or choose_codec(backend, options.codec, line_fit)
-    _hold_to_settings(run_dir, output_settings(backend, options, info, line_fit, codec is not None), options.resume)
-    _clean_stale_temporaries(out, options.recursive)
+    hold_to_settings(run_dir, output_settings(backend, options, info, line_fit, codec is not None), options.resume)
+    clean_stale_temporaries(out, options.recursive)
     jobs, refused = plan(src, out, options.recursive)
-    previous = _read_records(run_dir) if options.resume else {}
+    previous = read_records(run_dir) if options.resume else {}
     # an input replaced since (another size or time) is corrected again
     skipped = [j for j in jobs if previous.get(j.image_id, {}).get("status") == "ok" and j.output.exists()
                and previous[j.image_id].get("source_stat", j.source_stat) == j.source_stat]

@@ -1,0 +1,106 @@
+"""The output folder's bookkeeping for `lens run` (`lens.runtime.pipeline`): one run at a
+time (a lock), the settings an earlier run wrote with (so that ``--resume`` never mixes two),
+the records of images already done, and what a killed run left behind."""
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from lens.runtime.io import write_atomic
+from lens.runtime.metadata import IMAGES_FILE, LOCK_FILE, SETTINGS_FILE
+
+
+class RunRefused(RuntimeError):
+    """The run cannot start in this output folder (nothing was written)."""
+
+
+class ResumeMismatch(RunRefused):
+    """``--resume`` into a folder written with other output settings."""
+
+
+class OutputBusy(RunRefused):
+    """Another `lens run` is writing to the output folder."""
+
+
+@contextmanager
+def exclusive(run_dir: Path) -> Iterator[None]:
+    """Hold ``run_dir``'s lock file for the run: a second run into the same folder (an
+    overlapping cron job) would delete the first one's temporary files and interleave its
+    records. The lock is the kernel's (``flock``), so a killed run releases it."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no advisory lock here
+        yield
+        return
+    try:
+        handle = open(run_dir / LOCK_FILE, "a+")
+    except OSError as exc:
+        raise RunRefused(f"cannot write to the output folder {run_dir.parent}: {exc.strerror or exc}") from None
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip()
+            raise OutputBusy(f"another lens run{f' (process {holder})' if holder else ''} is writing to {run_dir.parent}: "
+                             "wait for it to finish, or choose another output folder") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def source_stat(path: Path) -> list[int] | None:
+    """What ``--resume`` compares to tell a replaced input from the one already corrected."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns]
+
+
+def read_records(run_dir: Path) -> dict[str, dict]:
+    records = {}
+    for name in (IMAGES_FILE, IMAGES_FILE + ".part"):
+        path = run_dir / name
+        if path.exists():
+            for line in path.read_text().splitlines():
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:  # the last line of a killed run may be cut
+                    continue
+                records[rec["id"]] = rec
+    return records
+
+
+def clean_stale_temporaries(out: Path, recursive: bool = False) -> int:
+    """Remove the hidden temporary files (`write_atomic`) a killed run left in ``out``."""
+    n = 0
+    for p in (out.rglob if recursive else out.glob)(".*.part"):
+        p.unlink(missing_ok=True)
+        n += 1
+    return n
+
+
+def hold_to_settings(run_dir: Path, settings: dict, resume: bool) -> None:
+    """With ``resume``, refuse a folder whose earlier run had other settings (its outputs and
+    this run's would mix); then record this run's."""
+    path = run_dir / SETTINGS_FILE
+    if resume and path.exists():
+        try:
+            earlier = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            earlier = {}
+        changed = sorted(k for k in set(settings) | set(earlier) if settings.get(k) != earlier.get(k))
+        if changed:
+            detail = "; ".join(f"{k}: {earlier.get(k)!r} then, {settings.get(k)!r} now" for k in changed)
+            raise ResumeMismatch(f"--resume: {run_dir.parent} was written with other settings ({detail}); "
+                                 "its outputs and this run's would differ. Resume with the earlier settings, or run without --resume to redo every image")
+    write_atomic(path, (json.dumps(settings, indent=2, sort_keys=True) + "\n").encode())
