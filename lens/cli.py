@@ -81,7 +81,7 @@ def run_cmd(
     device: str = typer.Option("auto", help="auto | cuda | cpu."),
     batch: int = typer.Option(1, min=1, help="Images per inference on GPU backends (the CPU infers one image at a time)."),
     workers: int = typer.Option(0, min=0, help="Worker threads for decode / warp / encode, and line-fit processes (0: one per core this process may use: its CPU affinity and container CPU quota)."),
-    resume: bool = typer.Option(False, help="Skip images whose output and record already exist."),
+    resume: bool = typer.Option(False, help="Skip images whose output and record already exist (an input changed since is redone; OUT written with other settings is refused)."),
     recursive: bool = typer.Option(False, "--recursive", "-r", help="Also the photos in IN's subfolders, mirrored under OUT (folders holding an earlier run's lens-run/ are left out)."),
     quality: int = typer.Option(95, min=1, max=100, help="JPEG quality (4:4:4 chroma)."),
     mode: str = typer.Option("auto", help="auto, or force hybrid | param_only | param_only_conservative."),
@@ -93,7 +93,9 @@ def run_cmd(
     Chooses TensorRT, ONNX Runtime CUDA or CPU (and says why), checks every warp's safety and
     falls back hybrid -> param_only -> param_only_conservative, writes each output atomically
     with its input's size and stem (JPEG 95 4:4:4, PNG stays PNG), and records per-image
-    metadata and a summary in `OUT/lens-run/`. Exit code 1 if any image failed."""
+    metadata and a summary in `OUT/lens-run/`. Exit code 1 if any image failed, 2 if the run
+    was refused before writing anything (another run writing to OUT, --resume with other
+    settings, OUT = SRC, no images), 130 if interrupted."""
     import time
 
     from lens.runtime.backends import BackendUnavailable, read_manifest, select_backend
