@@ -300,6 +300,7 @@ def test_recursive_run_mirrors_the_folders_and_leaves_its_output_out(tmp_path, p
     for rel, src in (("IMG_1.jpg", "p00"), ("listing42/IMG_1.jpg", "p01"), ("listing42/back/IMG_2.jpg", "p02"), ("listing7/IMG_1.jpg", "p03")):
         (shoots / rel).parent.mkdir(parents=True, exist_ok=True)
         (shoots / rel).write_bytes((photos / f"{src}.jpg").read_bytes())
+    os.symlink("..", shoots / "listing42" / "up")  # a link back up the tree is read once
     out = shoots / "corrected"
     result = _run(shoots, out, "--recursive", "--refine", "off")
     assert result.exit_code == 0, result.output

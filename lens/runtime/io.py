@@ -288,16 +288,20 @@ def write_image(path: str | os.PathLike, image: DecodedImage, quality: int = JPE
     write_atomic(path, encode_image(image, output_format(path), quality))
 
 
-def _files(folder: Path, recursive: bool, skip: Path | None) -> Iterator[Path]:
+def _files(folder: Path, recursive: bool, skip: Path | None, seen: set[Path] | None = None) -> Iterator[Path]:
     """Files inside ``folder`` (and its subfolders if ``recursive``), hidden ones left out, and
     subfolders that are ``skip`` (a run's own output folder) or hold a `lens run`'s metadata
-    folder (an earlier run's output): their photos are corrections already."""
-    for p in folder.iterdir():
+    folder (an earlier run's output): their photos are corrections already. A folder reached
+    twice (a symbolic link back up the tree) is read once."""
+    seen = seen if seen is not None else {folder.resolve()}
+    for p in sorted(folder.iterdir()):
         if p.name.startswith("."):
             continue
         if p.is_dir():
-            if recursive and not (skip is not None and p.resolve() == skip) and not (p / "lens-run").is_dir():
-                yield from _files(p, True, skip)
+            real = p.resolve()
+            if recursive and real != skip and real not in seen and not (p / "lens-run").is_dir():
+                seen.add(real)
+                yield from _files(p, True, skip, seen)
         elif p.is_file():
             yield p
 
