@@ -6,6 +6,7 @@ and tables. Heavy imports (torch, onnxruntime) happen inside the commands so tha
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -59,6 +60,30 @@ def _progress() -> Progress:
     )
 
 
+@contextmanager
+def _sigterm_stops_like_ctrl_c():
+    """While inside, SIGTERM (a stopped container or service: Kubernetes, systemd, docker stop)
+    stops a run as Ctrl-C does: the images being written finish and are recorded. Yields a
+    cell that names the signal once it came."""
+    import signal
+    import threading
+
+    cell: list[str | None] = [None]
+
+    def handler(signum, frame) -> None:
+        cell[0] = "stopped (SIGTERM)"
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield cell
+        return
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield cell
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _require_torch(command: str) -> None:
     try:
         import torch  # noqa: F401
@@ -95,7 +120,7 @@ def run_cmd(
     with its input's size and stem (JPEG 95 4:4:4, PNG stays PNG), and records per-image
     metadata and a summary in `OUT/lens-run/`. Exit code 1 if any image failed, 2 if the run
     was refused before writing anything (another run writing to OUT, --resume with other
-    settings, OUT = SRC, no images), 130 if interrupted."""
+    settings, OUT = SRC, no images), 130 if interrupted (143 on SIGTERM)."""
     import time
 
     from lens.runtime.backends import BackendUnavailable, read_manifest, select_backend
@@ -167,18 +192,19 @@ def run_cmd(
                 progress.console.print(f"[red]failed:[/] {escape(str(rec.get('source')))}: {escape(str(rec['error']))}", soft_wrap=True)
             progress.update(task, advance=1, rate=f"{done[0] / max(1e-9, time.perf_counter() - t0):5.1f} img/s")
 
-        try:
-            summary = run(src, out, choice.backend, options, info, on_image=on_image, has_residual=has_residual, codec_choice=codec_choice,
-                          on_skipped=lambda n: progress.update(task, total=total - n))
-        except RunRefused as exc:
-            progress.stop()
-            console.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
-            raise typer.Exit(2)
-        except KeyboardInterrupt:
-            progress.stop()
-            console.print(f"[yellow]interrupted[/] after {done[0]} of {progress.tasks[0].total:.0f} images; every output written is complete. "
-                          f"Add --resume to the same command to go on.", soft_wrap=True)
-            raise typer.Exit(130)
+        with _sigterm_stops_like_ctrl_c() as stopped_by:
+            try:
+                summary = run(src, out, choice.backend, options, info, on_image=on_image, has_residual=has_residual, codec_choice=codec_choice,
+                              on_skipped=lambda n: progress.update(task, total=total - n))
+            except RunRefused as exc:
+                progress.stop()
+                console.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
+                raise typer.Exit(2)
+            except KeyboardInterrupt:
+                progress.stop()
+                console.print(f"[yellow]{stopped_by[0] or 'interrupted'}[/] after {done[0]} of {progress.tasks[0].total:.0f} images; "
+                              "every output written is complete. Add --resume to the same command to go on.", soft_wrap=True)
+                raise typer.Exit(143 if stopped_by[0] else 130)
     modes = ", ".join(f"{m} {n}" for m, n in summary["modes"].items() if n)
     console.print(f"{summary['ok']} corrected ({modes or 'none'}), {len(summary['failed'])} failed, {summary['skipped_resume']} skipped; "
                   f"{summary['throughput']['images_per_s'] or 0:.2f} images/s -> {escape(str(out))}", soft_wrap=True)

@@ -161,7 +161,7 @@ def test_outputs_are_byte_identical_across_runs_workers_and_batches(tmp_path, ph
     assert runs["a"] == runs["b"] == runs["c"]
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "Ctrl-C"])
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT, signal.SIGTERM], ids=["SIGKILL", "Ctrl-C", "SIGTERM"])
 def test_interrupt_then_resume_gives_the_uninterrupted_result(tmp_path, photos, sig):
     reference = tmp_path / "reference"
     assert _run(photos, reference).exit_code == 0
@@ -180,8 +180,8 @@ def test_interrupt_then_resume_gives_the_uninterrupted_result(tmp_path, photos, 
             time.sleep(0.05)
         os.kill(proc.pid, sig)
         proc.wait(60)
-    if sig == signal.SIGINT:  # stops within the images in flight and says how to go on
-        assert proc.returncode == 130 and "Add --resume to the same command" in log.read_text()
+    if sig != signal.SIGKILL:  # stops within the images in flight, records them, says how to go on
+        assert proc.returncode == {signal.SIGINT: 130, signal.SIGTERM: 143}[sig] and "Add --resume to the same command" in log.read_text()
     written = sorted(out.glob("q*.jpg"))
     assert 0 < len(written) < 24, "the run was not interrupted mid-way"
     for p in written:  # every visible output is complete
