@@ -126,8 +126,8 @@ def run_cmd(
     from lens.runtime.backends import BackendUnavailable, read_manifest, select_backend
     from lens.runtime.cpu_budget import usable_cores
     from lens.runtime.pipeline import RunOptions, run
-    from lens.runtime.run_folder import RunRefused
     from lens.runtime.policy import MODES
+    from lens.runtime.run_folder import RunRefused
 
     if mode != "auto" and mode not in MODES:
         raise typer.BadParameter(f"choose auto or one of {', '.join(MODES)}", param_hint="--mode")
