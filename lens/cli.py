@@ -136,10 +136,10 @@ def run_cmd(
     if src.is_dir() and out.resolve() == src.resolve():  # corrected copies would replace the originals
         raise typer.BadParameter(f"{out} is the input folder: the corrected photos would replace the originals; choose another folder",
                                  param_hint="OUT")
-    from lens.runtime.io import IMAGE_SUFFIXES, ignored_files, list_images
+    from lens.runtime.io import IMAGE_SUFFIXES, scan_inputs
 
-    walk = (recursive, out.resolve())
-    total, ignored = (len(list_images(src, *walk)), ignored_files(src, *walk)) if src.is_dir() else (1, {})
+    images, ignored = scan_inputs(src, recursive, out.resolve()) if src.is_dir() else ([src], {})
+    total = len(images)
     if ignored:  # a shoot's HEIC or RAW files must not vanish without a word
         console.print(f"ignored (not a {'/'.join(s[1:] for s in IMAGE_SUFFIXES)} file): "
                       + ", ".join(f"{n} {suffix}" for suffix, n in ignored.items()), soft_wrap=True)

@@ -65,7 +65,7 @@ def _cgroup_folders(cgroup_root: Path, self_cgroup: Path) -> list[Path]:
             if path == Path("."):
                 break
             path = path.parent
-    return folders
+    return list(dict.fromkeys(folders))  # the root may be listed twice
 
 
 def usable_cores(cgroup_root: Path = CGROUP_ROOT, self_cgroup: Path = SELF_CGROUP) -> int:

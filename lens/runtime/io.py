@@ -306,17 +306,20 @@ def _files(folder: Path, recursive: bool, skip: Path | None, seen: set[Path] | N
             yield p
 
 
-def list_images(folder: Path, recursive: bool = False, skip: Path | None = None) -> list[Path]:
-    """Image files inside ``folder`` (`_files`), sorted by path (deterministic order)."""
-    return sorted(p for p in _files(folder, recursive, skip) if p.suffix.lower() in IMAGE_SUFFIXES)
-
-
-def ignored_files(folder: Path, recursive: bool = False, skip: Path | None = None) -> dict[str, int]:
-    """Files that `list_images` leaves out for their suffix, counted by suffix: a shoot's HEIC
-    or RAW files should not vanish without a word."""
-    counts: dict[str, int] = {}
+def scan_inputs(folder: Path, recursive: bool = False, skip: Path | None = None) -> tuple[list[Path], dict[str, int]]:
+    """One walk of ``folder`` (`_files`): its image files sorted by path (deterministic order),
+    and the other files counted by suffix (a shoot's HEIC or RAW files should not vanish
+    without a word)."""
+    images, ignored = [], {}
     for p in _files(folder, recursive, skip):
-        if p.suffix.lower() not in IMAGE_SUFFIXES:
+        if p.suffix.lower() in IMAGE_SUFFIXES:
+            images.append(p)
+        else:
             key = p.suffix.lower() or "(no suffix)"
-            counts[key] = counts.get(key, 0) + 1
-    return dict(sorted(counts.items()))
+            ignored[key] = ignored.get(key, 0) + 1
+    return sorted(images), dict(sorted(ignored.items()))
+
+
+def list_images(folder: Path, recursive: bool = False, skip: Path | None = None) -> list[Path]:
+    """The image files of `scan_inputs`."""
+    return scan_inputs(folder, recursive, skip)[0]

@@ -465,11 +465,9 @@ def _run_locked(src: Path, out: Path, run_dir: Path, backend: Backend, options: 
             except KeyboardInterrupt:
                 # Ctrl-C: images not started are dropped; those being written finish and are
                 # recorded, so that --resume skips them
-                for fut, _ in list(in_flight):
-                    fut.cancel()
                 for fut in decode_futures:
                     fut.cancel()
-                in_flight[:] = [(f, b) for f, b in in_flight if not f.cancelled()]
+                in_flight[:] = [(f, b) for f, b in in_flight if not f.cancel()]  # cancel(): True if it had not started
                 drain(0)
                 raise
     finally:

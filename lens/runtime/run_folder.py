@@ -80,13 +80,10 @@ def read_records(run_dir: Path) -> dict[str, dict]:
     return records
 
 
-def clean_stale_temporaries(out: Path, recursive: bool = False) -> int:
+def clean_stale_temporaries(out: Path, recursive: bool = False) -> None:
     """Remove the hidden temporary files (`write_atomic`) a killed run left in ``out``."""
-    n = 0
     for p in (out.rglob if recursive else out.glob)(".*.part"):
         p.unlink(missing_ok=True)
-        n += 1
-    return n
 
 
 def hold_to_settings(run_dir: Path, settings: dict, resume: bool) -> None:
