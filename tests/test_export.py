@@ -41,7 +41,8 @@ def test_export_writes_checked_graphs_and_a_manifest(build):
     assert manifest["profile"]["opt"] == [4, 3, 1367, 2048]
     shapes = symbolic_shapes(build / ONNX_FULL)
     assert shapes["image"] == ["B", 3, "H", "W"] and shapes["corrected"] == ["B", 3, "H", "W"]
-    assert symbolic_shapes(build / ONNX_CPU)["maps"] == ["B", 2, "H", "W"]
+    cpu = symbolic_shapes(build / ONNX_CPU)
+    assert cpu["quarter"] == ["B", 3, "h", "w"] and cpu["frame"] == [0, "H", "W"] and cpu["lattice"][:2] == ["B", 2]
     assert lint(build / ONNX_FULL) == []
 
 
@@ -49,7 +50,7 @@ def test_torch_and_onnxruntime_agree_at_two_sizes_and_batch_2(build):
     import onnxruntime as ort
 
     ckpt = load_checkpoint(CHECKPOINT)
-    graph = LensGraph(model_from_checkpoint(ckpt), sample_image=True, use_residual=ckpt["stage"] != "param").eval()
+    graph = LensGraph(model_from_checkpoint(ckpt), use_residual=ckpt["stage"] != "param").eval()
     session = ort.InferenceSession(str(build / ONNX_FULL), providers=["CPUExecutionProvider"])
     import cv2
     from PIL import Image
@@ -102,7 +103,7 @@ def test_lint_catches_a_linear_gridsample_and_unsupported_ops():
 
 def test_fp16_export_keeps_grid_and_gridsample_in_fp32(tmp_path):
     ckpt = load_checkpoint(CHECKPOINT)
-    graph = LensGraph(model_from_checkpoint(ckpt), sample_image=True, half=True).eval()
+    graph = LensGraph(model_from_checkpoint(ckpt), half=True).eval()
     path = export_onnx(graph, (torch.randint(0, 256, (1, 3, 96, 144), dtype=torch.uint8), torch.tensor([-1])), tmp_path / "h.onnx",
                        ["image", "mode_override"], list(SAMPLED_OUTPUTS), {"image": {0: "B", 2: "H", 3: "W"}, "mode_override": {0: "B"}})
     model = onnx.shape_inference.infer_shapes(onnx.load(str(path)))

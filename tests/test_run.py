@@ -349,26 +349,30 @@ def test_runtime_needs_no_torch(tmp_path, photos):
 
 @pytest.mark.parametrize("width", [1024, 2048])
 def test_cpu_sampling_path_matches_the_graphs_gridsample(width):
-    """The CPU backend samples the graph's maps with OpenCV (fixed-point positions, 1/32 px,
-    like cv2.undistort); the GPU graph samples with GridSample. Same image, same model: within
-    1 grey level on >= 99.9% of pixels at production sizes (measured: 0.014% at 1024 px,
-    0.0001% at 2048 px; below ~500 px the 1/32-px rounding shows on sharp edges)."""
+    """The CPU graph reads every other pixel and returns its grid on a lattice, which the runtime
+    enlarges into maps and samples with OpenCV (fixed-point positions, 1/32 px, like
+    cv2.undistort); the GPU graph samples its full-resolution grid with GridSample. Same
+    image, same model, every mode: the same parameters and mode, and within 1 grey level on
+    >= 99.9% of pixels at production sizes (below ~500 px the 1/32-px rounding shows on sharp
+    edges)."""
     import onnxruntime as ort
 
+    from lens.runtime.backends import lattice_feed
+    from lens.runtime.lens_maps import maps_from_lattice
     from lens.runtime.sampling import warp_with_maps
 
     full = ort.InferenceSession(str(DEFAULT_BUILD / ONNX_FULL), providers=["CPUExecutionProvider"])
     cpu = ort.InferenceSession(str(DEFAULT_BUILD / ONNX_CPU), providers=["CPUExecutionProvider"])
-    for name in ("rocket.jpg", "coffee.jpg"):
+    for name, mode in (("rocket.jpg", -1), ("coffee.jpg", -1), ("coffee.jpg", 1), ("rocket.jpg", 2)):
         rgb = _small(name, width)
-        x = np.ascontiguousarray(rgb.transpose(2, 0, 1))[None]
-        feed = {"image": x, "mode_override": np.array([-1], dtype=np.int64)}
-        corrected = full.run(["corrected"], feed)[0][0].transpose(1, 2, 0)
-        maps = cpu.run(["maps"], feed)[0][0]
-        ours = warp_with_maps(rgb, maps[0], maps[1])
-        diff = np.abs(ours.astype(int) - corrected.astype(int))
+        modes = np.array([mode], dtype=np.int64)
+        params, chosen, corrected = full.run(["params", "mode", "corrected"], {"image": np.ascontiguousarray(rgb.transpose(2, 0, 1))[None], "mode_override": modes})
+        cpu_params, cpu_chosen, lattice = cpu.run(["params", "mode", "lattice"], lattice_feed(rgb[None], modes))
+        assert np.array_equal(cpu_params, params) and cpu_chosen == chosen
+        ours = warp_with_maps(rgb, *maps_from_lattice(lattice[0, 0], lattice[0, 1], *rgb.shape[:2]))
+        diff = np.abs(ours.astype(int) - corrected[0].transpose(1, 2, 0).astype(int))
         inner = diff[2:-2, 2:-2]  # GridSample blends with zero padding exactly at the border
-        assert (inner > 1).mean() <= 0.001, (name, (inner > 1).mean(), inner.max())
+        assert (inner > 1).mean() <= 0.001, (name, mode, (inner > 1).mean(), inner.max())
 
 
 def test_codec_choice_is_said_and_gpu_codec_refused_without_a_gpu_backend(tmp_path, photos):

@@ -3,8 +3,8 @@
 Artefacts in the output folder:
 
 - ``lens.onnx``: `LensGraph` with the full-resolution GridSample (GPU backends, TensorRT);
-- ``lens_cpu.onnx``: the same graph ending in pixel maps (the CPU backend samples them with
-  OpenCV);
+- ``lens_cpu.onnx``: the same network and decisions, reading every other pixel and row and
+  ending in the fused grid on a lattice (the CPU backend enlarges it into maps for OpenCV);
 - ``lens.engine`` where TensorRT and a GPU exist;
 - ``checkpoint.pt``: the checkpoint exported (for parity and the torch backend);
 - ``manifest.json``: hashes, opset, precision, shape profile, versions, GPU.
@@ -24,7 +24,7 @@ import numpy as np
 import onnx
 import torch
 
-from lens.export.graph import MAPS_OUTPUTS, SAMPLED_OUTPUTS, LensGraph
+from lens.export.graph import LATTICE_INPUTS, LATTICE_OUTPUTS, SAMPLED_OUTPUTS, LensGraph, LensMapsGraph
 from lens.export.lint import lint
 from lens.export.onnx_export import OPSET, export_onnx, symbolic_shapes
 from lens.export.tensorrt_build import ShapeProfile, TensorRTUnavailable, build_engine
@@ -55,24 +55,32 @@ def check_onnx(path: Path, sampled: bool) -> None:
     """Full checker, symbolic shapes, two-size ONNX Runtime run, TensorRT lint; raises on failure."""
     import onnxruntime as ort
 
+    from lens.runtime.backends import lattice_feed
+    from lens.runtime.lens_maps import map_lattice_size
+
     model = onnx.load(str(path))
     onnx.checker.check_model(model, full_check=True)
     shapes = symbolic_shapes(path)
-    if shapes["image"] != ["B", 3, "H", "W"] or shapes["mode_override"] != ["B"]:
-        raise ExportCheckFailed(f"{path.name}: inputs lost their dynamic dimensions: {shapes}")
-    out_name, want = ("corrected", ["B", 3, "H", "W"]) if sampled else ("maps", ["B", 2, "H", "W"])
-    if shapes[out_name] != want:
-        raise ExportCheckFailed(f"{path.name}: output {out_name} has shape {shapes[out_name]}")
+    want_inputs = {"image": ["B", 3, "H", "W"]} if sampled else {"quarter": ["B", 3, "h", "w"], "frame": [0, "H", "W"]}
+    for name, want in {**want_inputs, "mode_override": ["B"]}.items():
+        if shapes.get(name) != want:
+            raise ExportCheckFailed(f"{path.name}: input {name} lost its dynamic dimensions: {shapes.get(name)}")
+    if sampled and shapes["corrected"] != ["B", 3, "H", "W"]:
+        raise ExportCheckFailed(f"{path.name}: output corrected has shape {shapes['corrected']}")
     problems = lint(model)
     if problems:
         raise ExportCheckFailed(f"{path.name}: TensorRT lint failed:\n  " + "\n  ".join(problems))
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(0)
+    modes = np.array([-1, 1], dtype=np.int64)
     for h, w in CHECK_SIZES:
         image = rng.integers(0, 256, (2, 3, h, w), dtype=np.uint8)
-        outs = dict(zip([o.name for o in session.get_outputs()], session.run(None, {"image": image, "mode_override": np.array([-1, 1], dtype=np.int64)})))
+        feed = {"image": image, "mode_override": modes} if sampled else lattice_feed(image.transpose(0, 2, 3, 1), modes)
+        outs = dict(zip([o.name for o in session.get_outputs()], session.run(None, feed)))
         if sampled and outs["corrected"].shape != image.shape:
             raise ExportCheckFailed(f"{path.name}: at {h}x{w} the output has shape {outs['corrected'].shape}")
+        if not sampled and outs["lattice"].shape != (2, 2, *map_lattice_size(h, w)):
+            raise ExportCheckFailed(f"{path.name}: at {h}x{w} the lattice has shape {outs['lattice'].shape}")
         if not np.isfinite(outs["params"]).all():
             raise ExportCheckFailed(f"{path.name}: non-finite parameters at {h}x{w}")
 
@@ -97,13 +105,18 @@ def export(checkpoint: Path, out_dir: Path, precision: str = "fp32", profile: Sh
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt = load_checkpoint(checkpoint)
     use_residual = ckpt["stage"] != "param"
-    example = (torch.randint(0, 256, (2, 3, 96, 144), dtype=torch.uint8), torch.tensor([-1, -1], dtype=torch.int64))
-    axes = {"image": {0: "B", 2: "H", 3: "W"}, "mode_override": {0: "B"}}
+    modes = torch.tensor([-1, -1], dtype=torch.int64)
+    variants = (
+        (ONNX_FULL, LensGraph, (torch.randint(0, 256, (2, 3, 96, 144), dtype=torch.uint8), modes), ("image", "mode_override"),
+         {"image": {0: "B", 2: "H", 3: "W"}, "mode_override": {0: "B"}}, SAMPLED_OUTPUTS),
+        (ONNX_CPU, LensMapsGraph, (torch.randint(0, 256, (2, 3, 48, 72), dtype=torch.uint8), torch.zeros((0, 96, 144), dtype=torch.uint8), modes),
+         LATTICE_INPUTS, {"quarter": {0: "B", 2: "h", 3: "w"}, "frame": {1: "H", 2: "W"}, "mode_override": {0: "B"}}, LATTICE_OUTPUTS),
+    )
     files = {}
-    for name, sampled, outputs in ((ONNX_FULL, True, SAMPLED_OUTPUTS), (ONNX_CPU, False, MAPS_OUTPUTS)):
-        graph = LensGraph(model_from_checkpoint(ckpt), sample_image=sampled, use_residual=use_residual, half=precision == "fp16").eval()
-        path = export_onnx(graph, example, out_dir / name, ["image", "mode_override"], list(outputs), axes)
-        check_onnx(path, sampled)
+    for name, kind, example, inputs, axes, outputs in variants:
+        graph = kind(model_from_checkpoint(ckpt), use_residual=use_residual, half=precision == "fp16").eval()
+        path = export_onnx(graph, example, out_dir / name, list(inputs), list(outputs), axes)
+        check_onnx(path, kind is LensGraph)
         files[name] = sha256_file(path)
 
     engines, note = [], ""
@@ -123,7 +136,7 @@ def export(checkpoint: Path, out_dir: Path, precision: str = "fp32", profile: Sh
         "format": "lens-build/1",
         "checkpoint": {"file": CHECKPOINT_COPY, "source": str(checkpoint), "sha256": sha256_file(checkpoint), "stage": ckpt["stage"], "git_commit": ckpt.get("git_commit"),
                        "val_metrics": ckpt.get("val_metrics", {})},
-        "onnx": [{"file": n, "sha256": h, "variant": "sampled" if n == ONNX_FULL else "maps"} for n, h in files.items()],
+        "onnx": [{"file": n, "sha256": h, "variant": "sampled" if n == ONNX_FULL else "lattice"} for n, h in files.items()],
         "opset": OPSET,
         "precision": precision,
         "uses_residual": use_residual,

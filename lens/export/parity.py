@@ -3,7 +3,7 @@
 Each backend is a runner with one method, ``run(image, mode_override) -> dict`` of the graph's
 outputs (polygraphy's runner idea, so comparing backends is one loop). The reference is the
 first backend (torch). Both exported graphs are compared: the sampled one (corrected image)
-and the CPU one (sampling maps, in pixels).
+and the CPU one (its sampling lattice, in pixels).
 
 Tolerances (`TOLERANCES`) per precision, measured on the default model on a 2-core CPU
 (README "Parity"): fp32 torch vs ONNX Runtime differ by ~1e-6 in parameters, ~1e-4 px in
@@ -27,10 +27,19 @@ TOLERANCES = {
 }
 
 
+def _feed(image: np.ndarray, sampled: bool) -> dict[str, np.ndarray]:
+    """A graph's inputs for a ``(B, H, W, 3)`` uint8 batch, automatic mode."""
+    from lens.runtime.backends import lattice_feed
+
+    modes = np.full((image.shape[0],), -1, dtype=np.int64)
+    return {"image": np.ascontiguousarray(image.transpose(0, 3, 1, 2)), "mode_override": modes} if sampled else lattice_feed(image, modes)
+
+
 class Runner:
     name = "runner"
 
     def run(self, image: np.ndarray, sampled: bool) -> dict[str, np.ndarray]:
+        """``(1, H, W, 3)`` uint8 photo -> the sampled graph's outputs, or the CPU graph's."""
         raise NotImplementedError
 
 
@@ -40,21 +49,23 @@ class TorchRunner(Runner):
     def __init__(self, checkpoint: Path, precision: str):
         import torch
 
-        from lens.export.graph import MAPS_OUTPUTS, SAMPLED_OUTPUTS, LensGraph
+        from lens.export.graph import LATTICE_INPUTS, LATTICE_OUTPUTS, SAMPLED_OUTPUTS, LensGraph, LensMapsGraph
         from lens.training.checkpoint import load_checkpoint, model_from_checkpoint
 
         ckpt = load_checkpoint(checkpoint)
         residual = ckpt["stage"] != "param"
         self.torch = torch
         self.graphs = {
-            True: (LensGraph(model_from_checkpoint(ckpt), True, residual, half=precision == "fp16").eval(), SAMPLED_OUTPUTS),
-            False: (LensGraph(model_from_checkpoint(ckpt), False, residual, half=precision == "fp16").eval(), MAPS_OUTPUTS),
+            True: (LensGraph(model_from_checkpoint(ckpt), residual, half=precision == "fp16").eval(), SAMPLED_OUTPUTS),
+            False: (LensMapsGraph(model_from_checkpoint(ckpt), residual, half=precision == "fp16").eval(), LATTICE_OUTPUTS),
         }
+        self.lattice_inputs = LATTICE_INPUTS
 
     def run(self, image, sampled):
         graph, names = self.graphs[sampled]
+        feed = _feed(image, sampled)
         with self.torch.no_grad():
-            outs = graph(self.torch.from_numpy(image), self.torch.full((image.shape[0],), -1, dtype=self.torch.int64))
+            outs = graph(*(self.torch.from_numpy(feed[k]) for k in (("image", "mode_override") if sampled else self.lattice_inputs)))
         return {n: o.numpy() for n, o in zip(names, outs)}
 
 
@@ -72,7 +83,7 @@ class OnnxRuntimeRunner(Runner):
 
     def run(self, image, sampled):
         s = self.sessions[sampled]
-        outs = s.run(None, {"image": image, "mode_override": np.full((image.shape[0],), -1, dtype=np.int64)})
+        outs = s.run(None, _feed(image, sampled))
         return {o.name: v for o, v in zip(s.get_outputs(), outs)}
 
 
@@ -97,7 +108,7 @@ class TensorRTRunner(Runner):
     def run(self, image, sampled):
         if not sampled:
             return {}
-        return dict(self.runner.infer({"image": image, "mode_override": np.full((image.shape[0],), -1, dtype=np.int64)}))
+        return dict(self.runner.infer(_feed(image, sampled)))
 
 
 @dataclass
@@ -120,8 +131,8 @@ def compare(ref: dict, other: dict, name: str, size: tuple[int, int], tol: dict,
         c.params_rel = float(np.max(np.abs(other["params"] - ref["params"]) / np.maximum(np.abs(ref["params"]), 1.0)))
     if "mode" in other:
         c.modes_equal = bool(np.array_equal(other["mode"], ref["mode"]))
-    if "maps" in other:
-        c.grid_px = float(np.abs(other["maps"] - ref["maps"]).max())
+    if "lattice" in other:
+        c.grid_px = float(np.abs(other["lattice"] - ref["lattice"]).max())
     if "corrected" in other:
         diff = np.abs(other["corrected"].astype(np.int16) - ref["corrected"].astype(np.int16))
         c.image_max_levels = int(diff.max())
@@ -165,9 +176,8 @@ def run_parity(build: Path, images_dir: Path, backends: list[str], checkpoint: P
                 unreadable.append({"file": path.name, "reason": exc.reason})
                 continue
             rgb = np.repeat(pixels, 3, axis=2) if pixels.shape[2] == 1 else pixels[..., :3]
-            batch = np.ascontiguousarray(rgb.transpose(2, 0, 1))[None]
             for sampled in (True, False):
-                outs = [r.run(batch, sampled) for r in runners]
+                outs = [r.run(rgb[None], sampled) for r in runners]
                 for runner, out in zip(runners[1:], outs[1:]):
                     if out:
                         comparisons.append(compare(outs[0], out, path.name, rgb.shape[:2], tol, runner.name))

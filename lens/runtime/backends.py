@@ -1,9 +1,10 @@
 """Inference backends behind one interface, and the choice between them.
 
-Every backend runs an exported `LensGraph` (`lens.export.graph`) on a uint8 batch
-``(B, 3, H, W)`` and returns its outputs by name: ``params``, ``flow``, ``safety``, ``mode``,
-``violations`` and either ``corrected`` (GPU backends: the graph samples) or ``maps`` (CPU: the
-runtime samples with OpenCV).
+Every backend runs an exported graph (`lens.export.graph`) and returns its outputs by name:
+``params``, ``flow``, ``safety``, ``mode``, ``violations``, then either ``corrected`` (GPU
+backends: `LensGraph` samples a uint8 batch ``(B, 3, H, W)`` given to `Backend.infer`) or
+``lattice`` (CPU: `LensMapsGraph` reads every other pixel and row of the photos given to
+`Backend.infer_lattice`, and the runtime samples with OpenCV).
 
 Choice with ``--backend auto``: TensorRT when the build has an engine whose manifest matches
 this GPU and TensorRT version; else ONNX Runtime's CUDA provider; else ONNX Runtime on the CPU.
@@ -44,15 +45,30 @@ class Choice:
 class Backend:
     name = "backend"
     device = "cpu"
-    samples_on_device = False  # True: outputs "corrected"; False: outputs "maps"
+    samples_on_device = False  # True: `infer` outputs "corrected"; False: `infer_lattice` outputs "lattice"
     batch_invariant = True  # results for an image do not depend on what else is in its batch
     device_resident = False  # True: takes and returns GPU tensors (`TorchBackend.infer_device`)
 
     def infer(self, images: np.ndarray, mode_override: int = -1) -> dict[str, np.ndarray]:
+        """``(B, 3, H, W)`` uint8 photos -> outputs with ``corrected`` (GPU backends)."""
+        raise NotImplementedError
+
+    def infer_lattice(self, images: np.ndarray, mode_override: int = -1) -> dict[str, np.ndarray]:
+        """``(B, H, W, 3)`` uint8 photos (any strides) -> outputs with ``lattice`` (CPU backends)."""
         raise NotImplementedError
 
     def describe(self) -> dict:
         return {"backend": self.name, "device": self.device}
+
+
+def lattice_feed(images: np.ndarray, mode_override) -> dict[str, np.ndarray]:
+    """The CPU graph's inputs (`lens.export.graph.LensMapsGraph`) for ``(B, H, W, 3)`` uint8
+    photos: every other pixel and row, channels first (one copy of a quarter of the pixels),
+    and the empty ``frame`` whose shape is the photos' size."""
+    batch, height, width = images.shape[:3]
+    return {"quarter": np.ascontiguousarray(images[:, ::2, ::2].transpose(0, 3, 1, 2)),
+            "frame": np.empty((0, height, width), np.uint8),
+            "mode_override": np.broadcast_to(np.asarray(mode_override, np.int64), (batch,)).copy()}
 
 
 class OnnxRuntimeBackend(Backend):
@@ -94,6 +110,9 @@ class OnnxRuntimeBackend(Backend):
     def infer(self, images, mode_override=-1):
         modes = np.full((images.shape[0],), mode_override, dtype=np.int64)
         return dict(zip(self.output_names, self.session.run(None, {"image": images, "mode_override": modes})))
+
+    def infer_lattice(self, images, mode_override=-1):
+        return dict(zip(self.output_names, self.session.run(None, lattice_feed(images, mode_override))))
 
 
 class TensorRTBackend(Backend):
@@ -140,7 +159,7 @@ class TorchBackend(Backend):
             import torch
         except ImportError:
             raise BackendUnavailable("the torch backend needs torch (pip install '.[train]')") from None
-        from lens.export.graph import LensGraph
+        from lens.export.graph import LensGraph, LensMapsGraph
         from lens.training.checkpoint import load_checkpoint, model_from_checkpoint
 
         if device == "cuda" and not torch.cuda.is_available():
@@ -150,8 +169,9 @@ class TorchBackend(Backend):
         self.device = device
         self.samples_on_device = device == "cuda"
         self.batch_invariant = device != "cuda"
-        self.graph = LensGraph(model_from_checkpoint(ckpt), sample_image=self.samples_on_device, use_residual=ckpt["stage"] != "param").eval().to(device)
-        self.names = ("params", "flow", "safety", "mode", "violations", "corrected" if self.samples_on_device else "maps")
+        kind = LensGraph if self.samples_on_device else LensMapsGraph
+        self.graph = kind(model_from_checkpoint(ckpt), use_residual=ckpt["stage"] != "param").eval().to(device)
+        self.names = ("params", "flow", "safety", "mode", "violations", "corrected" if self.samples_on_device else "lattice")
         self.lock = threading.Lock()
         # On CUDA the pipeline hands over GPU tensors (`infer_device`) or channels-last host
         # batches (`infer_hwc`): no CPU transposes, and uint8 (not float) crosses PCIe.
@@ -179,6 +199,13 @@ class TorchBackend(Backend):
             x = t.from_numpy(images).to(self.device)
             outs = self.graph(x, t.full((images.shape[0],), mode_override, dtype=t.int64, device=self.device))
         return {n: o.cpu().numpy() for n, o in zip(self.names, outs)}
+
+    def infer_lattice(self, images, mode_override=-1):
+        t = self.torch
+        feed = lattice_feed(images, mode_override)
+        with self.lock, t.no_grad():
+            outs = self.graph(*(t.from_numpy(feed[k]) for k in ("quarter", "frame", "mode_override")))
+        return {n: o.numpy() for n, o in zip(self.names, outs)}
 
     def infer_device(self, images, mode_override=-1) -> dict:
         """``(B, 3, H, W)`` uint8 CUDA tensor (any strides) -> outputs as CUDA tensors. The

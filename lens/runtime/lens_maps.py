@@ -100,31 +100,49 @@ def _source_pixels(params: np.ndarray, u: np.ndarray, v: np.ndarray, height: int
     return px, py
 
 
-MAP_STEP = 8  # output pixels between the exactly computed points of `correction_maps`
+MAP_STEP = 8  # output pixels between the exactly computed points of `correction_maps` and the CPU graph's lattice
+
+
+def map_lattice_size(height: int, width: int, step: int = MAP_STEP) -> tuple[int, int]:
+    """``(rows, cols)`` of the lattice that `maps_from_lattice` upsamples: points at the centres
+    of ``step``-pixel blocks, with one more beyond each border (`map_lattice_pixels`). Plain
+    integer arithmetic, so the CPU graph (`lens.export.graph.LensMapsGraph`) computes the same
+    sizes from its symbolic height and width (non-negative operands only: ONNX's integer Div
+    truncates, Python's floors)."""
+    return (height + step // 2 + step - 1) // step + 1, (width + step // 2 + step - 1) // step + 1
+
+
+def map_lattice_pixels(count: int, step: int = MAP_STEP):
+    """Output-pixel coordinates of ``count`` lattice points along an axis: ``step i - (step + 1) / 2``,
+    where ``cv2.resize``'s half-pixel convention samples them when `maps_from_lattice` enlarges
+    the lattice ``step`` times and crops ``step`` pixels off its start."""
+    return np.arange(count, dtype=np.float64) * step - (step + 1) / 2
+
+
+def maps_from_lattice(lattice_x: np.ndarray, lattice_y: np.ndarray, height: int, width: int, step: int = MAP_STEP) -> tuple[np.ndarray, np.ndarray]:
+    """Float pixel maps ``(H, W)`` for ``cv2.remap`` from their values at the `map_lattice_size`
+    points, bilinearly (``cv2.resize`` with float weights: no fixed-point rounding)."""
+    rows, cols = lattice_x.shape
+    return tuple(cv2.resize(np.asarray(m, np.float32), (cols * step, rows * step), interpolation=cv2.INTER_LINEAR)[step : step + height, step : step + width]
+                 for m in (lattice_x, lattice_y))
 
 
 def correction_maps(params: np.ndarray, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
     """Float pixel maps ``(H, W)`` of the alpha = 0 correction for ``cv2.remap``.
 
-    Computed exactly on a lattice every `MAP_STEP` pixels and upsampled bilinearly by
-    ``cv2.resize`` (float weights: no fixed-point rounding), as the CPU graph does with its
-    fused grid: ~12 ms at 2048 x 1367 on one core against ~19 ms for
-    ``cv2.initUndistortRectifyMap`` on every pixel. A lens map bends little over 8 pixels:
-    within 0.007 px of the exact maps for the workload's lenses at 2048 px, and 0.07 px for
-    the strongest plausible lenses (`lens.runtime.plumb_line.PLAUSIBLE_BOUNDS`) at 1024 px,
-    below which every pixel is computed. The lattice points sit at the centres of
-    `MAP_STEP`-pixel blocks, with one more beyond each border, which is where ``cv2.resize``'s
-    half-pixel convention samples them."""
+    Computed exactly on a lattice every `MAP_STEP` pixels and upsampled bilinearly
+    (`maps_from_lattice`), as the runtime does with the CPU graph's fused grid: ~12 ms at
+    2048 x 1367 on one core against ~19 ms for ``cv2.initUndistortRectifyMap`` on every pixel.
+    A lens map bends little over 8 pixels: within 0.007 px of the exact maps for the workload's
+    lenses at 2048 px, and 0.07 px for the strongest plausible lenses
+    (`lens.runtime.plumb_line.PLAUSIBLE_BOUNDS`) at 1024 px, below which every pixel is
+    computed."""
     p = np.asarray(params, np.float64)
-    s = MAP_STEP
     if min(height, width) < 1024:  # every pixel exactly: the lattice would be too coarse (error grows as 1 / size)
         u, v = np.arange(width, dtype=np.float64)[None, :], np.arange(height, dtype=np.float64)[:, None]
         return tuple(m.astype(np.float32) for m in _source_pixels(p, u, v, height, width))
-    cols, rows = -(-(width + s // 2) // s) + 1, -(-(height + s // 2) // s) + 1
-    u = np.arange(cols, dtype=np.float64)[None, :] * s - (s + 1) / 2
-    v = np.arange(rows, dtype=np.float64)[:, None] * s - (s + 1) / 2
-    return tuple(cv2.resize(m.astype(np.float32), (cols * s, rows * s), interpolation=cv2.INTER_LINEAR)[s : s + height, s : s + width]
-                 for m in _source_pixels(p, u, v, height, width))
+    rows, cols = map_lattice_size(height, width)
+    return maps_from_lattice(*_source_pixels(p, map_lattice_pixels(cols)[None, :], map_lattice_pixels(rows)[:, None], height, width), height, width)
 
 
 def lattice_safety(params: np.ndarray, height: int, width: int, step: int = 16) -> dict[str, float]:

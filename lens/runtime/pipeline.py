@@ -29,6 +29,7 @@ import numpy as np
 from lens.conventions import PARAM_NAMES, SAFETY_STATS
 from lens.runtime.backends import Backend
 from lens.runtime.io import DecodedImage, ImageReadError, encode_image, list_images, output_format, read_image, splice_jpeg_metadata, write_atomic
+from lens.runtime.lens_maps import maps_from_lattice
 from lens.runtime.metadata import IMAGES_FILE, RUN_DIR, SUMMARY_FILE
 from lens.runtime.policy import MODES, SafetyThresholds, reasons_from_masks, violations
 from lens.runtime.run_folder import RunRefused, clean_stale_temporaries, exclusive, hold_to_settings, read_records, source_stat
@@ -255,10 +256,10 @@ class Runner:
             if refined is not None and refined.applied:  # the fitted lens's warp replaces the graph's
                 warped = warp_with_maps(_rgb(job), *refined.maps)
                 displacement = _max_displacement(*refined.maps)
-            elif "maps" in out:
-                maps = out["maps"][i]
-                warped = warp_with_maps(_rgb(job), maps[0], maps[1])
-                displacement = _max_displacement(maps[0], maps[1])
+            elif "lattice" in out:
+                maps = maps_from_lattice(out["lattice"][i][0], out["lattice"][i][1], job.image.height, job.image.width)
+                warped = warp_with_maps(_rgb(job), *maps)
+                displacement = _max_displacement(*maps)
             elif "corrected_hwc" in out:
                 warped, displacement = out["corrected_hwc"][i], None
             else:
@@ -324,10 +325,12 @@ class Runner:
         t = time.perf_counter()
         if self.backend.device_resident:  # channels-last upload; the GPU transposes
             out = self.backend.infer_hwc(np.stack([_rgb(j) for j in jobs]), self.options.mode_override)
+        elif not self.backend.samples_on_device:  # the CPU graph, one image at a time: outputs independent of --batch
+            parts = [self.backend.infer_lattice(_rgb(j)[None], self.options.mode_override) for j in jobs]
+            out = parts[0] if len(parts) == 1 else {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
         elif self.backend.batch_invariant or len(jobs) == 1:
             batch = _rgb_batch(jobs)
             parts = [self.backend.infer(batch[i : i + 1], self.options.mode_override) for i in range(len(jobs))]
-            # one image: its outputs as they are (copying its maps costs ~3.5 ms at 2048 px)
             out = parts[0] if len(parts) == 1 else {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
         else:
             out = self.backend.infer(_rgb_batch(jobs), self.options.mode_override)

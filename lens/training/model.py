@@ -103,8 +103,13 @@ def to_model_input(image: torch.Tensor, in_h: int, in_w: int) -> torch.Tensor:
     average pool or a resize to four times the model size. Training and every exported graph
     use this one function.
     """
-    quarter = image[:, :, ::2, ::2].to(torch.float32)
-    mid = F.interpolate(quarter, size=(in_h * 2, in_w * 2), mode="bilinear", align_corners=False)
+    return quarter_to_model_input(image[:, :, ::2, ::2], in_h, in_w)
+
+
+def quarter_to_model_input(quarter: torch.Tensor, in_h: int, in_w: int) -> torch.Tensor:
+    """`to_model_input` from every other pixel and row, ``image[:, :, ::2, ::2]``: the CPU graph
+    takes that (the runtime slices it in numpy, 4x faster than ONNX Runtime's strided Slice)."""
+    mid = F.interpolate(quarter.to(torch.float32), size=(in_h * 2, in_w * 2), mode="bilinear", align_corners=False)
     small = F.avg_pool2d(mid, kernel_size=2, stride=2)
     return small * (1.0 / 127.5) - 1.0
 
