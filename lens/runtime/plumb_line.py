@@ -168,13 +168,15 @@ def _ideal_derivative(x, y, model_jacobian, params, height, width, fitted):
     return deriv
 
 
-def _bilinear(image: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    x = np.clip(x, 0, image.shape[1] - 1.001)
-    y = np.clip(y, 0, image.shape[0] - 1.001)
+def _bilinear(values, x: np.ndarray, y: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Bilinear interpolation at ``(x, y)`` of an ``height x width`` image whose pixels
+    ``values(rows, cols)`` returns."""
+    x = np.clip(x, 0, width - 1.001)
+    y = np.clip(y, 0, height - 1.001)
     x0, y0 = x.astype(np.int64), y.astype(np.int64)
     fx, fy = x - x0, y - y0
-    top = image[y0, x0] * (1 - fx) + image[y0, x0 + 1] * fx
-    bottom = image[y0 + 1, x0] * (1 - fx) + image[y0 + 1, x0 + 1] * fx
+    top = values(y0, x0) * (1 - fx) + values(y0, x0 + 1) * fx
+    bottom = values(y0 + 1, x0) * (1 - fx) + values(y0 + 1, x0 + 1) * fx
     return top * (1 - fy) + bottom * fy
 
 
@@ -184,11 +186,16 @@ class _Chains:
     pieces use every `PIECE_STRIDE`-th pixel only)."""
 
     pixels: list[np.ndarray]  # per chain, (n, 2) int32 edge pixels at the working resolution
-    gx: np.ndarray  # working-resolution Sobel gradients and their magnitude
+    gx: np.ndarray  # working-resolution Sobel gradients, int16
     gy: np.ndarray
-    magnitude: np.ndarray
     scale_x: float  # full-resolution pixels per working pixel, across
     scale_y: float  # and down (the same to within a row over the height)
+
+    def magnitude(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """The gradient magnitude at these pixels, as ``cv2.magnitude`` gives it (float32),
+        computed only where the sub-pixel peaks need it."""
+        gx, gy = self.gx[rows, cols].astype(np.float32), self.gy[rows, cols].astype(np.float32)
+        return np.sqrt(gx * gx + gy * gy)
 
     def subpixel(self, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Edge pixels ``(n, 2)`` moved to the parabola peak of the gradient magnitude along
@@ -197,9 +204,10 @@ class _Chains:
         g = np.stack([self.gx[c[:, 1], c[:, 0]], self.gy[c[:, 1], c[:, 0]]], axis=1).astype(np.float64)
         n = g / np.maximum(np.linalg.norm(g, axis=1, keepdims=True), 1e-9)
         x, y = c[:, 0].astype(np.float64), c[:, 1].astype(np.float64)
-        m0 = self.magnitude[c[:, 1], c[:, 0]]
-        mp = _bilinear(self.magnitude, x + n[:, 0], y + n[:, 1])
-        mm = _bilinear(self.magnitude, x - n[:, 0], y - n[:, 1])
+        m0 = self.magnitude(c[:, 1], c[:, 0])
+        size = self.gx.shape
+        mp = _bilinear(self.magnitude, x + n[:, 0], y + n[:, 1], *size)
+        mm = _bilinear(self.magnitude, x - n[:, 0], y - n[:, 1], *size)
         curvature = mm - 2 * m0 + mp
         peaked = curvature < -1e-6
         offset = np.clip(np.where(peaked, 0.5 * (mm - mp) / np.where(peaked, curvature, -1.0), 0.0), -0.5, 0.5)
@@ -247,17 +255,18 @@ def edge_chains(work: WorkImage) -> _Chains:
     """Canny edges of a working image, linked into chains."""
     scale = work.scale_x
     small = cv2.GaussianBlur(work.pixels, (0, 0), BLUR_SIGMA)
-    gx = cv2.Sobel(small, cv2.CV_32F, 1, 0, ksize=3)
-    gy = cv2.Sobel(small, cv2.CV_32F, 0, 1, ksize=3)
-    magnitude = cv2.magnitude(gx, gy)
+    # int16 gradients: what Canny takes, exact for 8-bit input; the magnitude is computed only
+    # where it is read (a full-image one cost as much as the Sobel filters)
+    gx = cv2.Sobel(small, cv2.CV_16S, 1, 0, ksize=3)
+    gy = cv2.Sobel(small, cv2.CV_16S, 0, 1, ksize=3)
     # thresholds follow the photo's contrast: a faint grid and a high-contrast facade alike
-    high = max(CANNY_FLOOR, _percentile(magnitude[::4, ::4], CANNY_PERCENTILE))
-    edges = cv2.Canny(gx.astype(np.int16), gy.astype(np.int16), high * CANNY_LOW_RATIO, high, L2gradient=True)
+    high = max(CANNY_FLOOR, _percentile(cv2.magnitude(gx[::4, ::4].astype(np.float32), gy[::4, ::4].astype(np.float32)), CANNY_PERCENTILE))
+    edges = cv2.Canny(gx, gy, high * CANNY_LOW_RATIO, high, L2gradient=True)
     contours, _ = cv2.findContours(edges, cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
     # chains too short to hold one straight piece are texture: dropped before any numpy work
     contours = [c for c in contours if len(c) >= MIN_CHAIN]
     if not contours:
-        return _Chains([], gx, gy, magnitude, scale, work.scale_y)
+        return _Chains([], gx, gy, scale, work.scale_y)
     every = np.concatenate(contours).reshape(-1, 2)
     chain = np.repeat(np.arange(len(contours)), [len(c) for c in contours])
     # a one-pixel-wide edge is walked out and back: keep each pixel once per chain, in order
@@ -274,8 +283,8 @@ def edge_chains(work: WorkImage) -> _Chains:
     keep = good[chain]
     c, chain = every[keep], chain[keep]
     if len(c) == 0:
-        return _Chains([], gx, gy, magnitude, scale, work.scale_y)
-    return _Chains(np.split(c, np.flatnonzero(chain[1:] != chain[:-1]) + 1), gx, gy, magnitude, scale, work.scale_y)
+        return _Chains([], gx, gy, scale, work.scale_y)
+    return _Chains(np.split(c, np.flatnonzero(chain[1:] != chain[:-1]) + 1), gx, gy, scale, work.scale_y)
 
 
 @dataclass
