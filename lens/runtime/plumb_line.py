@@ -430,7 +430,8 @@ def _lines(pieces: _Pieces, params, height, width, max_angle, max_offset, start=
     if pieces.count == 0:
         return _Lines(np.zeros((0, 2)), np.zeros(0, np.int64), np.zeros(0)), None
     undistorted = undistort_px(pieces.points, params, height, width, start, 8 if start is None else 3, NEWTON_TOLERANCE)
-    _, line = np.unique(_join(pieces, undistorted, max_angle, max_offset)[pieces.label], return_inverse=True)
+    _, line = np.unique(_join(pieces, undistorted, max_angle, max_offset), return_inverse=True)  # per piece, then per point
+    line = line[pieces.label]
     count = int(line.max()) + 1
     _, _, major, _, _ = _moments(undistorted, line, count)
     long_enough = np.sqrt(12 * major) >= MIN_LINE_FRACTION * width
@@ -475,14 +476,22 @@ def _one_way(params: np.ndarray, angle: np.ndarray, length: np.ndarray, centre: 
     return alignment, balance
 
 
-def _radial_shape_and_derivative(params: np.ndarray, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+def _radial_powers(focal: float, height: int, width: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """The reference radii u of `_radial_shape_and_derivative` at focal length ``focal`` (in
+    units of the width), the derivatives of the distorted radius there by (k1, k2, k3), and the
+    corner's distance (px)."""
+    corner = np.hypot((width - 1) / 2, (height - 1) / 2)
+    u = np.array([*PRIOR_RADII, 1.0]) * corner / (focal * width)
+    return u, u[:, None] ** np.array([3, 5, 7])[None, :], corner
+
+
+def _radial_shape_and_derivative(params: np.ndarray, height: int, width: int, powers=None) -> tuple[np.ndarray, np.ndarray]:
     """The lens's radial shape: the distorted radius at `PRIOR_RADII` of a reference radius u
     (the corner's distance over f), over that at u itself, times the corner's distance (px).
     The same for every (f, k) of one warp (u -> u / s, k_i u^(2 i) unchanged). Also its
-    derivative ``(len(PRIOR_RADII), 3)`` by (k1, k2, k3)."""
-    corner = np.hypot((width - 1) / 2, (height - 1) / 2)
-    u = np.array([*PRIOR_RADII, 1.0]) * corner / (params[5] * width)
-    powers = u[:, None] ** np.array([3, 5, 7])[None, :]  # d distorted / d (k1, k2, k3)
+    derivative ``(len(PRIOR_RADII), 3)`` by (k1, k2, k3). ``powers``: `_radial_powers` at
+    ``params``' focal length, when the caller has them."""
+    u, powers, corner = powers or _radial_powers(params[5], height, width)
     distorted = u + powers @ params[:3]
     shape = distorted[:-1] / distorted[-1] * corner
     derivative = (powers[:-1] * distorted[-1] - distorted[:-1, None] * powers[-1:]) / distorted[-1] ** 2 * corner
@@ -492,23 +501,27 @@ def _radial_shape_and_derivative(params: np.ndarray, height: int, width: int) ->
 class _Prior:
     """Prior residuals and their Jacobian for the ``fitted`` indices: the radial shape
     (`_radial_shape_and_derivative`) against the network's, and the terms of `PRIOR_SIGMA`
-    against zero."""
+    against zero. ``focal``: the focal length of every parameter set it is called with (the
+    fit never moves it), so the radii's powers are computed once."""
 
-    def __init__(self, network: np.ndarray, fitted: tuple[int, ...], height: int, width: int):
+    def __init__(self, network: np.ndarray, fitted: tuple[int, ...], height: int, width: int, focal: float):
         self.fitted, self.size = fitted, (height, width)
         self.radial = [j for j, i in enumerate(fitted) if i in RADIAL_TERMS]  # in the shape
+        self.radial_terms = [fitted[j] for j in self.radial]
         self.other = [j for j, i in enumerate(fitted) if i in PRIOR_SIGMA]
         self.target = _radial_shape_and_derivative(network, height, width)[0]
         self.sigma = np.array([PRIOR_SIGMA[fitted[j]] for j in self.other])
+        self.focal, self.powers = focal, _radial_powers(focal, height, width)
+        self.jac = np.zeros((len(PRIOR_RADII) + len(self.other), len(fitted)))
+        self.jac[len(PRIOR_RADII) + np.arange(len(self.other)), self.other] = 1 / self.sigma
 
     def __call__(self, params: np.ndarray, k: np.ndarray, jacobian: bool = False):
-        shape, derivative = _radial_shape_and_derivative(params, *self.size)
+        shape, derivative = _radial_shape_and_derivative(params, *self.size, self.powers if params[5] == self.focal else None)
         residuals = np.concatenate([(shape - self.target) / PRIOR_SHAPE_PX, k[self.other] / self.sigma])
         if not jacobian:
             return residuals
-        jac = np.zeros((len(residuals), len(self.fitted)))
-        jac[: len(PRIOR_RADII), self.radial] = derivative[:, [self.fitted[j] for j in self.radial]] / PRIOR_SHAPE_PX
-        jac[len(PRIOR_RADII) + np.arange(len(self.other)), self.other] = 1 / self.sigma
+        jac = self.jac.copy()
+        jac[: len(PRIOR_RADII), self.radial] = derivative[:, self.radial_terms] / PRIOR_SHAPE_PX
         return residuals, jac
 
 
@@ -530,7 +543,7 @@ class _Straightness:
         self.points, self.label, self.scale = lines.points[order], lines.label[order], lines.scale
         self.starts = np.flatnonzero(np.r_[True, self.label[1:] != self.label[:-1]])  # every line has points
         self.n = np.diff(np.r_[self.starts, len(self.label)]).astype(np.float64)
-        self.prior = _Prior(prior, fitted, height, width)
+        self.prior = _Prior(prior, fitted, height, width, params[5])
         self.start = undistort_px(self.points, params, height, width, iterations=12, tolerance=NEWTON_TOLERANCE)
         self._last = None  # (k, params, x, y, model Jacobian) of the latest evaluation
 
@@ -591,7 +604,9 @@ def _levenberg_marquardt(fun, theta: np.ndarray, iterations: int = 20) -> np.nda
         a, g = jac.T @ jac, jac.T @ r
         previous = cost
         while True:
-            delta = -np.linalg.solve(a + damping * np.diag(np.diag(a) + 1e-12), g)
+            damped = a.copy()
+            damped.flat[:: len(a) + 1] += damping * (a.diagonal() + 1e-12)
+            delta = -np.linalg.solve(damped, g)
             trial = fun(theta + delta)
             if trial @ trial < cost:
                 theta, cost, damping = theta + delta, trial @ trial, damping * 0.3
