@@ -171,14 +171,15 @@ def _ideal_derivative(x, y, model_jacobian, params, height, width, fitted) -> tu
 
 
 def _bilinear(values, x: np.ndarray, y: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Bilinear interpolation at ``(x, y)`` of an ``height x width`` image whose pixels
-    ``values(rows, cols)`` returns."""
+    """Bilinear interpolation at ``(x, y)`` of an ``height x width`` image whose pixels at flat
+    indices ``values(indices)`` returns."""
     x = np.clip(x, 0, width - 1.001)
     y = np.clip(y, 0, height - 1.001)
     x0, y0 = x.astype(np.int64), y.astype(np.int64)
     fx, fy = x - x0, y - y0
-    top = values(y0, x0) * (1 - fx) + values(y0, x0 + 1) * fx
-    bottom = values(y0 + 1, x0) * (1 - fx) + values(y0 + 1, x0 + 1) * fx
+    at = y0 * width + x0
+    top = values(at) * (1 - fx) + values(at + 1) * fx
+    bottom = values(at + width) * (1 - fx) + values(at + width + 1) * fx
     return top * (1 - fy) + bottom * fy
 
 
@@ -193,20 +194,21 @@ class _Chains:
     scale_x: float  # full-resolution pixels per working pixel, across
     scale_y: float  # and down (the same to within a row over the height)
 
-    def magnitude(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-        """The gradient magnitude at these pixels, as ``cv2.magnitude`` gives it (float32),
-        computed only where the sub-pixel peaks need it."""
-        gx, gy = self.gx[rows, cols].astype(np.float32), self.gy[rows, cols].astype(np.float32)
+    def magnitude(self, at: np.ndarray) -> np.ndarray:
+        """The gradient magnitude at these flat pixel indices, as ``cv2.magnitude`` gives it
+        (float32), computed only where the sub-pixel peaks need it."""
+        gx, gy = self.gx.ravel()[at].astype(np.float32), self.gy.ravel()[at].astype(np.float32)
         return np.sqrt(gx * gx + gy * gy)
 
     def subpixel(self, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Edge pixels ``(n, 2)`` moved to the parabola peak of the gradient magnitude along
         the gradient direction: full-resolution positions, and the image gradient there (for
         the polarity)."""
-        g = np.stack([self.gx[c[:, 1], c[:, 0]], self.gy[c[:, 1], c[:, 0]]], axis=1).astype(np.float64)
+        at = c[:, 1] * self.gx.shape[1] + c[:, 0]
+        g = np.stack([self.gx.ravel()[at], self.gy.ravel()[at]], axis=1).astype(np.float64)
         n = g / np.maximum(np.linalg.norm(g, axis=1, keepdims=True), 1e-9)
         x, y = c[:, 0].astype(np.float64), c[:, 1].astype(np.float64)
-        m0 = self.magnitude(c[:, 1], c[:, 0])
+        m0 = self.magnitude(at)
         size = self.gx.shape
         mp = _bilinear(self.magnitude, x + n[:, 0], y + n[:, 1], *size)
         mm = _bilinear(self.magnitude, x - n[:, 0], y - n[:, 1], *size)
