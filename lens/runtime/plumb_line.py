@@ -272,20 +272,24 @@ def edge_chains(work: WorkImage) -> _Chains:
     if not contours:
         return _Chains([], gx, gy, scale, work.scale_y)
     every = np.concatenate(contours).reshape(-1, 2)
+    # each (x, y) int32 pair viewed as one int64: selecting from a one-dimensional array is
+    # ~3x faster than selecting rows
+    packed = every.view(np.int64).ravel()
     chain = np.repeat(np.arange(len(contours)), [len(c) for c in contours])
     # a one-pixel-wide edge is walked out and back: keep each pixel once per chain, in order.
     # An image of each pixel's first index settles the pixels first met on their own chain;
     # only those met before on another chain (edges around a closed region) need a sort.
     flat = every[:, 1].astype(np.int64) * gx.shape[1] + every[:, 0]  # flat indices: ufunc.at is 5x faster with one index array
-    where = np.full(gx.size, len(every), np.int64)
-    np.minimum.at(where, flat, np.arange(len(every)))  # plain assignment keeps an unspecified one of repeated indices
+    where = np.full(gx.size, len(every), np.int32)
+    np.minimum.at(where, flat, np.arange(len(every), dtype=np.int32))  # plain assignment keeps an unspecified one of repeated indices
     first_seen = where[flat]
     keep = first_seen == np.arange(len(every))
     shared = np.flatnonzero(chain[first_seen] != chain)
     if len(shared):
         _, first = np.unique((chain[shared].astype(np.int64) << 32) | (every[shared, 0].astype(np.int64) << 16) | every[shared, 1], return_index=True)
         keep[shared[first]] = True
-    every, chain = every[keep], chain[keep]
+    packed, chain = packed[keep], chain[keep]
+    every = packed.view(np.int32).reshape(-1, 2)
     sizes = np.bincount(chain, minlength=len(contours))
     lo = np.minimum.reduceat(every, np.flatnonzero(np.r_[True, chain[1:] != chain[:-1]]))
     hi = np.maximum.reduceat(every, np.flatnonzero(np.r_[True, chain[1:] != chain[:-1]]))
@@ -294,7 +298,7 @@ def edge_chains(work: WorkImage) -> _Chains:
     extent[present] = (hi - lo).max(axis=1) * scale
     good = (sizes >= MIN_CHAIN) & (extent >= MIN_PIECE_PX)
     keep = good[chain]
-    c, chain = every[keep], chain[keep]
+    c, chain = packed[keep].view(np.int32).reshape(-1, 2), chain[keep]
     if len(c) == 0:
         return _Chains([], gx, gy, scale, work.scale_y)
     return _Chains(np.split(c, np.flatnonzero(chain[1:] != chain[:-1]) + 1), gx, gy, scale, work.scale_y)
