@@ -334,9 +334,11 @@ def straight_pieces(chains: _Chains, tolerance: float = PIECE_TOLERANCE) -> _Pie
     unresolved = np.ones(len(corner), bool)
     width = chains.gx.shape[1]
     flat, corner_flat = pixels[:, 1] * width + pixels[:, 0], corner[:, 1] * width + corner[:, 0]
-    where = np.empty(chains.gx.size, np.int64)
+    where = np.empty(chains.gx.size, np.int32)
     for order in (slice(None, None, -1), slice(None)):  # of repeated indices, numpy keeps one (in practice the last)
-        where[flat[order]] = np.arange(len(pixels))[order]
+        if not unresolved.any():
+            break
+        where[flat[order]] = np.arange(len(pixels), dtype=np.int32)[order]
         candidate = where[corner_flat[unresolved]]
         hit = chain[candidate] == corner_chain[unresolved]
         found[np.flatnonzero(unresolved)[hit]] = candidate[hit]
