@@ -111,7 +111,7 @@ def run_cmd(
     quality: int = typer.Option(95, min=1, max=100, help="JPEG quality (4:4:4 chroma)."),
     mode: str = typer.Option("auto", help="auto, or force hybrid | param_only | param_only_conservative."),
     codec: str = typer.Option("auto", help="auto | cpu | gpu: JPEG decode/encode on the GPU needs the torch backend on CUDA and nvImageCodec ('.[gpu-codecs]')."),
-    refine: str = typer.Option("auto", help="auto | lines | off: refit each lens to the photo's straight lines (~0.07 s of a CPU core per 2048-px photo); auto: on the CPU path, off on GPU backends."),
+    refine: str = typer.Option("auto", help="auto | lines | off: refit each lens to the photo's straight lines (~0.05 s of a CPU core per 2048-px photo); auto: on the CPU path, off on GPU backends."),
 ) -> None:
     """Correct a folder of photos with the default model (or a build / checkpoint).
 

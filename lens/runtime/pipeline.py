@@ -117,7 +117,7 @@ def _max_displacement(map_x: np.ndarray, map_y: np.ndarray) -> float:
 def line_fit_plan(backend: Backend, options: RunOptions) -> tuple[bool, str]:
     """Whether this run refits each lens to the photo's straight lines, and why (one line).
     ``auto``: yes where the CPU samples anyway; GPU backends keep their own warp at GPU speed
-    (the fit costs ~0.07 s of a CPU core per 2048-px photo) unless ``lines`` asks for it."""
+    (the fit costs ~0.05 s of a CPU core per 2048-px photo) unless ``lines`` asks for it."""
     if options.refine not in ("auto", "lines", "off"):
         raise ValueError(f"unknown --refine {options.refine!r}: choose auto, lines or off")
     if options.refine == "off":
@@ -126,7 +126,7 @@ def line_fit_plan(backend: Backend, options: RunOptions) -> tuple[bool, str]:
         return False, "off (the mode is forced)"
     if backend.samples_on_device and options.refine == "auto":
         return False, (f"off ({backend.name} on {backend.device} warps in the graph at GPU speed; "
-                       "--refine lines refits on the CPU at ~0.07 s of a core per photo)")
+                       "--refine lines refits on the CPU at ~0.05 s of a core per photo)")
     if backend.samples_on_device:
         return True, "lines (refitted on the CPU; where a fit is used, OpenCV re-warps the photo)"
     return True, "lines (each lens refitted to the photo's straight lines where they allow)"
