@@ -326,8 +326,7 @@ def straight_pieces(chains: _Chains, tolerance: float = PIECE_TOLERANCE) -> _Pie
     vertices = [cv2.approxPolyDP(c.reshape(-1, 1, 2), tolerance / chains.scale_x, False).reshape(-1, 2) for c in chains.pixels]
     # approxPolyDP returns a subsequence of its input (pixels are unique within a chain): find
     # their indices among all chains' pixels through an image of where each pixel is (one
-    # chain holding it, then another, then a search; a sort of all pixels cost 5 ms on
-    # textured photos)
+    # chain holding it, then another, then a search), instead of sorting every edge pixel
     corner = np.concatenate(vertices).astype(np.int64)
     corner_chain = np.repeat(np.arange(len(sizes)), [len(v) for v in vertices])
     found = np.empty(len(corner), np.int64)

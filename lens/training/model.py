@@ -101,7 +101,7 @@ def to_model_input(image: torch.Tensor, in_h: int, in_w: int) -> torch.Tensor:
     from operators TensorRT supports (its Resize has no antialias mode), and cheap on a CPU:
     ~12 ms for a 2048 px image in ONNX Runtime on one thread, against ~45 ms for a full-image
     average pool or a resize to four times the model size. Training and every exported graph
-    use this one function.
+    use this one function (the CPU graph through `quarter_to_model_input`, its second half).
     """
     return quarter_to_model_input(image[:, :, ::2, ::2], in_h, in_w)
 
