@@ -238,7 +238,7 @@ class Runner:
         }
 
     def _refine(self, job: Job, params: np.ndarray) -> Refinement:
-        """`fit_lines_checked` in this run's worker processes, and the warp of an applied fit."""
+        """`fit_lines_checked` with this run's `LineFitPool`, and the warp of an applied fit."""
         from lens.runtime.lens_maps import correction_maps
 
         t = time.perf_counter()
