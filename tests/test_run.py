@@ -2,6 +2,7 @@
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -423,3 +424,23 @@ def test_default_workers_follow_the_container_cpu_quota(tmp_path, monkeypatch):
     assert usable_cores(v1, self_cgroup) == 3
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})  # taskset / --cpuset-cpus
     assert usable_cores(v1, self_cgroup) == 2
+
+
+def test_a_build_exported_before_the_lattice_cpu_graph_is_refused_with_the_command_to_fix_it(tmp_path, photos):
+    # lens_cpu.onnx once took the full image and returned full-size maps; the runtime now feeds
+    # it every other pixel, which such a graph would reject with an ONNX Runtime input error
+    from onnx import TensorProto, helper, save
+
+    build = tmp_path / "build"
+    build.mkdir()
+    for name in ("manifest.json", "checkpoint.pt", ONNX_FULL):
+        shutil.copy(DEFAULT_BUILD / name, build / name)
+    graph = helper.make_graph(
+        [helper.make_node("Cast", ["image"], ["maps"], to=TensorProto.FLOAT), helper.make_node("Identity", ["mode_override"], ["mode"])], "old",
+        [helper.make_tensor_value_info("image", TensorProto.UINT8, ["B", 3, "H", "W"]), helper.make_tensor_value_info("mode_override", TensorProto.INT64, ["B"])],
+        [helper.make_tensor_value_info("maps", TensorProto.FLOAT, ["B", 3, "H", "W"]), helper.make_tensor_value_info("mode", TensorProto.INT64, ["B"])])
+    save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(build / ONNX_CPU))
+    result = _run(photos, tmp_path / "out", "--build", build, "--device", "cpu")
+    assert result.exit_code == 2
+    assert "exported by an older lens; export it again: lens export --checkpoint" in result.output.replace("\n", " ")
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").glob("*.jpg"))

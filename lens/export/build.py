@@ -24,10 +24,11 @@ import numpy as np
 import onnx
 import torch
 
-from lens.export.graph import LATTICE_INPUTS, LATTICE_OUTPUTS, SAMPLED_OUTPUTS, LensGraph, LensMapsGraph
+from lens.export.graph import LATTICE_OUTPUTS, SAMPLED_OUTPUTS, LensGraph, LensMapsGraph
 from lens.export.lint import lint
 from lens.export.onnx_export import OPSET, export_onnx, symbolic_shapes
 from lens.export.tensorrt_build import ShapeProfile, TensorRTUnavailable, build_engine
+from lens.runtime.backends import LATTICE_INPUTS
 from lens.runtime.io import write_atomic
 from lens.training.checkpoint import load_checkpoint, model_from_checkpoint, sha256_file
 

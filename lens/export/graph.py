@@ -47,7 +47,6 @@ from lens.training.model import LensNet, quarter_to_model_input, to_model_input
 LATTICE_STEP = 8
 SAMPLED_OUTPUTS = ("params", "flow", "safety", "mode", "violations", "corrected")
 LATTICE_OUTPUTS = ("params", "flow", "safety", "mode", "violations", "lattice")
-LATTICE_INPUTS = ("quarter", "frame", "mode_override")
 
 
 def _violation_mask(stats: torch.Tensor, t: SafetyThresholds, check_residual: bool) -> torch.Tensor:

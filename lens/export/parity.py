@@ -49,7 +49,8 @@ class TorchRunner(Runner):
     def __init__(self, checkpoint: Path, precision: str):
         import torch
 
-        from lens.export.graph import LATTICE_INPUTS, LATTICE_OUTPUTS, SAMPLED_OUTPUTS, LensGraph, LensMapsGraph
+        from lens.export.graph import LATTICE_OUTPUTS, SAMPLED_OUTPUTS, LensGraph, LensMapsGraph
+        from lens.runtime.backends import LATTICE_INPUTS
         from lens.training.checkpoint import load_checkpoint, model_from_checkpoint
 
         ckpt = load_checkpoint(checkpoint)

@@ -23,6 +23,7 @@ import numpy as np
 
 DEFAULT_BUILD = Path(__file__).resolve().parents[1] / "assets" / "models" / "default"
 ONNX_FULL, ONNX_CPU, ENGINE, MANIFEST = "lens.onnx", "lens_cpu.onnx", "lens.engine", "manifest.json"
+LATTICE_INPUTS = ("quarter", "frame", "mode_override")  # the CPU graph's (`lens.export.graph.LensMapsGraph`)
 
 
 class BackendUnavailable(RuntimeError):
@@ -105,6 +106,11 @@ class OnnxRuntimeBackend(Backend):
             options.intra_op_num_threads = 1
             options.inter_op_num_threads = 1
             self.session = ort.InferenceSession(str(build / ONNX_CPU), options, providers=["CPUExecutionProvider"])
+            inputs = [i.name for i in self.session.get_inputs()]
+            if sorted(inputs) != sorted(LATTICE_INPUTS):
+                # builds exported before the CPU graph took every other pixel and returned a lattice
+                raise BackendUnavailable(f"{build / ONNX_CPU} takes {', '.join(inputs)}, not {', '.join(LATTICE_INPUTS)}: it was exported by an "
+                                         f"older lens; export it again: lens export --checkpoint {build / 'checkpoint.pt'} --out {build}")
         self.output_names = [o.name for o in self.session.get_outputs()]
 
     def infer(self, images, mode_override=-1):
