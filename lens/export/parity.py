@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lens.runtime.backends import LATTICE_INPUTS, lattice_feed
 from lens.runtime.io import ImageReadError, list_images, read_image
 
 TOLERANCES = {
@@ -29,8 +30,6 @@ TOLERANCES = {
 
 def _feed(image: np.ndarray, sampled: bool) -> dict[str, np.ndarray]:
     """A graph's inputs for a ``(B, H, W, 3)`` uint8 batch, automatic mode."""
-    from lens.runtime.backends import lattice_feed
-
     modes = np.full((image.shape[0],), -1, dtype=np.int64)
     return {"image": np.ascontiguousarray(image.transpose(0, 3, 1, 2)), "mode_override": modes} if sampled else lattice_feed(image, modes)
 
@@ -50,7 +49,6 @@ class TorchRunner(Runner):
         import torch
 
         from lens.export.graph import LATTICE_OUTPUTS, SAMPLED_OUTPUTS, LensGraph, LensMapsGraph
-        from lens.runtime.backends import LATTICE_INPUTS
         from lens.training.checkpoint import load_checkpoint, model_from_checkpoint
 
         ckpt = load_checkpoint(checkpoint)
@@ -60,13 +58,12 @@ class TorchRunner(Runner):
             True: (LensGraph(model_from_checkpoint(ckpt), residual, half=precision == "fp16").eval(), SAMPLED_OUTPUTS),
             False: (LensMapsGraph(model_from_checkpoint(ckpt), residual, half=precision == "fp16").eval(), LATTICE_OUTPUTS),
         }
-        self.lattice_inputs = LATTICE_INPUTS
 
     def run(self, image, sampled):
         graph, names = self.graphs[sampled]
         feed = _feed(image, sampled)
         with self.torch.no_grad():
-            outs = graph(*(self.torch.from_numpy(feed[k]) for k in (("image", "mode_override") if sampled else self.lattice_inputs)))
+            outs = graph(*(self.torch.from_numpy(feed[k]) for k in (("image", "mode_override") if sampled else LATTICE_INPUTS)))
         return {n: o.numpy() for n, o in zip(names, outs)}
 
 

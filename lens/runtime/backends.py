@@ -210,7 +210,7 @@ class TorchBackend(Backend):
         t = self.torch
         feed = lattice_feed(images, mode_override)
         with self.lock, t.no_grad():
-            outs = self.graph(*(t.from_numpy(feed[k]) for k in ("quarter", "frame", "mode_override")))
+            outs = self.graph(*(t.from_numpy(feed[k]) for k in LATTICE_INPUTS))
         return {n: o.numpy() for n, o in zip(self.names, outs)}
 
     def infer_device(self, images, mode_override=-1) -> dict:

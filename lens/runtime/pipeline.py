@@ -29,7 +29,7 @@ import numpy as np
 from lens.conventions import PARAM_NAMES, SAFETY_STATS
 from lens.runtime.backends import Backend
 from lens.runtime.io import DecodedImage, ImageReadError, encode_image, list_images, output_format, read_image, splice_jpeg_metadata, write_atomic
-from lens.runtime.lens_maps import maps_from_lattice
+from lens.runtime.lens_maps import correction_maps, lattice_safety, maps_from_lattice
 from lens.runtime.metadata import IMAGES_FILE, RUN_DIR, SUMMARY_FILE
 from lens.runtime.policy import MODES, SafetyThresholds, reasons_from_masks, violations
 from lens.runtime.run_folder import RunRefused, clean_stale_temporaries, exclusive, hold_to_settings, read_records, source_stat
@@ -108,6 +108,11 @@ def _rgb_batch(jobs: list[Job]) -> np.ndarray:
     return np.stack([np.ascontiguousarray(_rgb(j).transpose(2, 0, 1)) for j in jobs])
 
 
+def _joined(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Per-image outputs as one batch; one image's as they are (no copy of its arrays)."""
+    return parts[0] if len(parts) == 1 else {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
 def _max_displacement(map_x: np.ndarray, map_y: np.ndarray) -> float:
     """Largest distance between an output pixel and where it samples, on every 8th pixel."""
     v, u = np.mgrid[0 : map_x.shape[0] : 8, 0 : map_x.shape[1] : 8]
@@ -183,7 +188,6 @@ def fit_lines_checked(pixels: np.ndarray, params: np.ndarray, thresholds: Safety
     """Refit the network's lens ``params`` to the straight lines of ``(H, W, C)`` pixels with
     ``fit`` (default `refine_with_lines`; `LineFitPool.fit` in a run); an accepted fit is
     applied only if its warp passes the param_only checks. `lens run` and `lens eval` share it."""
-    from lens.runtime.lens_maps import lattice_safety
     from lens.runtime.plumb_line import refine_with_lines, work_image
 
     grey = pixels[..., 0] if pixels.shape[2] == 1 else cv2.cvtColor(np.ascontiguousarray(pixels[..., :3]), cv2.COLOR_RGB2GRAY)
@@ -239,8 +243,6 @@ class Runner:
 
     def _refine(self, job: Job, params: np.ndarray) -> Refinement:
         """`fit_lines_checked` with this run's `LineFitPool`, and the warp of an applied fit."""
-        from lens.runtime.lens_maps import correction_maps
-
         t = time.perf_counter()
         result = fit_lines_checked(job.image.pixels, params, self.t, self.line_fits.fit)
         if result.applied:
@@ -326,12 +328,10 @@ class Runner:
         if self.backend.device_resident:  # channels-last upload; the GPU transposes
             out = self.backend.infer_hwc(np.stack([_rgb(j) for j in jobs]), self.options.mode_override)
         elif not self.backend.samples_on_device:  # the CPU graph, one image at a time: outputs independent of --batch
-            parts = [self.backend.infer_lattice(_rgb(j)[None], self.options.mode_override) for j in jobs]
-            out = parts[0] if len(parts) == 1 else {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+            out = _joined([self.backend.infer_lattice(_rgb(j)[None], self.options.mode_override) for j in jobs])
         elif self.backend.batch_invariant or len(jobs) == 1:
             batch = _rgb_batch(jobs)
-            parts = [self.backend.infer(batch[i : i + 1], self.options.mode_override) for i in range(len(jobs))]
-            out = parts[0] if len(parts) == 1 else {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+            out = _joined([self.backend.infer(batch[i : i + 1], self.options.mode_override) for i in range(len(jobs))])
         else:
             out = self.backend.infer(_rgb_batch(jobs), self.options.mode_override)
         per_image = (time.perf_counter() - t) * 1e3 / len(jobs)

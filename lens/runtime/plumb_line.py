@@ -291,8 +291,8 @@ def edge_chains(work: WorkImage) -> _Chains:
     packed, chain = packed[keep], chain[keep]
     every = packed.view(np.int32).reshape(-1, 2)
     sizes = np.bincount(chain, minlength=len(contours))
-    lo = np.minimum.reduceat(every, np.flatnonzero(np.r_[True, chain[1:] != chain[:-1]]))
-    hi = np.maximum.reduceat(every, np.flatnonzero(np.r_[True, chain[1:] != chain[:-1]]))
+    firsts = np.flatnonzero(np.r_[True, chain[1:] != chain[:-1]])
+    lo, hi = np.minimum.reduceat(every, firsts), np.maximum.reduceat(every, firsts)
     present = np.flatnonzero(sizes)
     extent = np.zeros(len(contours))
     extent[present] = (hi - lo).max(axis=1) * scale
