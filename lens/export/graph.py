@@ -115,15 +115,19 @@ class LensGraph(torch.nn.Module):
             flow = torch.zeros_like(flow)
         safe = conservative_params(params)
 
-        size = (height, width)
-        cam, cam_safe = optimal_new_camera(params, height, width), optimal_new_camera(safe, height, width)
-        g_param = self._lattice_grid(params, cam, height, width)
-        offsets = self._residual_offsets(flow, height, width)
-        g_hybrid = g_param + offsets
-        g_cons = self._lattice_grid(safe, cam_safe, height, width)
-        s_hybrid = stack_stats(grid_safety_stats(g_hybrid, flow, 1, size))
-        s_param = stack_stats(grid_safety_stats(g_param, None, 1, size))
-        s_cons = stack_stats(grid_safety_stats(g_cons, None, 1, size))
+        # The network's and the conservative lens go through the geometry as one batch, and
+        # the three modes' grids through the statistics as one: the same values from fewer
+        # nodes. Most nodes here work on a few hundred values, where ONNX Runtime's per-node
+        # overhead outweighs the arithmetic: the CPU graph ran ~2100 nodes per inference
+        # before, ~1230 after, ~2 ms less at 2048 x 1367 (25.3 -> 23.4 ms, one thread).
+        both = torch.cat([params, safe])
+        cams = optimal_new_camera(both, height, width)
+        cam, cam_safe = cams.unflatten(0, (2, -1)).unbind(0)
+        g_param, g_cons = self._lattice_grid(both, cams, height, width).unflatten(0, (2, -1)).unbind(0)
+        g_hybrid = g_param + self._residual_offsets(flow, height, width)
+        no_flow = torch.zeros_like(flow)  # residual statistics of 0, as for no flow at all
+        stats = stack_stats(grid_safety_stats(torch.cat([g_hybrid, g_param, g_cons]), torch.cat([flow, no_flow, no_flow]), 1, (height, width)))
+        s_hybrid, s_param, s_cons = stats.unflatten(0, (3, -1)).unbind(0)
         m_hybrid = _violation_mask(s_hybrid, self.t, True)
         m_param = _violation_mask(s_param, self.t, False)
 
@@ -159,7 +163,7 @@ class LensMapsGraph(LensGraph):
     the photo (all the network reads; the runtime slices it in numpy: ~2 ms against ~9 ms in
     ONNX Runtime for a 2048 x 1367 photo, and no full-size transpose), ``frame``: an empty
     ``(0, H, W)`` uint8 tensor whose shape is the photo's size (the geometry is at full
-    resolution), and ``mode_override``. Graph time at 2048 x 1367 on one thread: ~25 ms
+    resolution), and ``mode_override``. Graph time at 2048 x 1367 on one thread: ~23 ms
     against ~50 ms for the full image in and full maps out (median of 5 interleaved rounds)."""
 
     def _residual_offsets(self, flow, height, width):
