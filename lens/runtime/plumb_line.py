@@ -195,7 +195,8 @@ class _Chains:
     """Linked edge pixels, all chains in one array; sub-pixel positions on request (the
     pieces use every `PIECE_STRIDE`-th pixel only)."""
 
-    pixels: list[np.ndarray]  # per chain, (n, 2) int32 edge pixels at the working resolution
+    pixels: np.ndarray  # (N, 2) int32 edge pixels at the working resolution, chain after chain
+    starts: np.ndarray  # (chains + 1,) where each chain starts in ``pixels``, and the end
     gx: np.ndarray  # working-resolution Sobel gradients, int16
     gy: np.ndarray
     scale_x: float  # full-resolution pixels per working pixel, across
@@ -277,7 +278,7 @@ def edge_chains(work: WorkImage) -> _Chains:
     # chains too short to hold one straight piece are texture: dropped before any numpy work
     contours = [c for c in contours if len(c) >= MIN_CHAIN]
     if not contours:
-        return _Chains([], gx, gy, scale, work.scale_y)
+        return _Chains(np.zeros((0, 2), np.int32), np.zeros(1, np.int64), gx, gy, scale, work.scale_y)
     every = np.concatenate(contours).reshape(-1, 2)
     # each (x, y) int32 pair viewed as one int64: selecting from a one-dimensional array is
     # ~3x faster than selecting rows
@@ -306,9 +307,8 @@ def edge_chains(work: WorkImage) -> _Chains:
     good = (sizes >= MIN_CHAIN) & (extent >= MIN_PIECE_PX)
     keep = good[chain]
     c, chain = packed[keep].view(np.int32).reshape(-1, 2), chain[keep]
-    if len(c) == 0:
-        return _Chains([], gx, gy, scale, work.scale_y)
-    return _Chains(np.split(c, np.flatnonzero(chain[1:] != chain[:-1]) + 1), gx, gy, scale, work.scale_y)
+    starts = np.flatnonzero(np.r_[True, chain[1:] != chain[:-1]]) if len(c) else np.zeros(0, np.int64)
+    return _Chains(c, np.r_[starts, len(c)].astype(np.int64), gx, gy, scale, work.scale_y)
 
 
 @dataclass
@@ -325,12 +325,14 @@ def straight_pieces(chains: _Chains, tolerance: float = PIECE_TOLERANCE) -> _Pie
     """Split chains at corners (Douglas-Peucker in the distorted photo). A lens bends a line
     gently (a 2000 px line bows by ~20 px), so a piece within ``tolerance`` px of straight is
     up to ~500 px long; pieces of one line are joined again after undistortion (`_join`)."""
-    if not chains.pixels:
+    if len(chains.pixels) == 0:
         return _Pieces(np.zeros((0, 2)), np.zeros((0, 2)), np.zeros(0, np.int64), 0)
-    sizes = np.array([len(c) for c in chains.pixels])
+    starts = chains.starts
+    sizes = np.diff(starts)
     chain = np.repeat(np.arange(len(sizes)), sizes)
-    pixels = np.concatenate(chains.pixels).astype(np.int64)
-    vertices = [cv2.approxPolyDP(c.reshape(-1, 1, 2), tolerance / chains.scale_x, False).reshape(-1, 2) for c in chains.pixels]
+    pixels = chains.pixels.astype(np.int64)
+    contour = chains.pixels.reshape(-1, 1, 2)
+    vertices = [cv2.approxPolyDP(contour[a:b], tolerance / chains.scale_x, False).reshape(-1, 2) for a, b in zip(starts[:-1].tolist(), starts[1:].tolist())]
     # approxPolyDP returns a subsequence of its input (pixels are unique within a chain): find
     # their indices among all chains' pixels through an image of where each pixel is (one
     # chain holding it, then another, then a search), instead of sorting every edge pixel
@@ -349,7 +351,6 @@ def straight_pieces(chains: _Chains, tolerance: float = PIECE_TOLERANCE) -> _Pie
         hit = chain[candidate] == corner_chain[unresolved]
         found[np.flatnonzero(unresolved)[hit]] = candidate[hit]
         unresolved[np.flatnonzero(unresolved)[hit]] = False
-    starts = np.r_[0, np.cumsum(sizes)]
     for k in np.flatnonzero(unresolved):  # a pixel on three or more chains
         own = pixels[starts[corner_chain[k]] : starts[corner_chain[k] + 1]]
         found[k] = starts[corner_chain[k]] + np.flatnonzero((own[:, 0] == corner[k, 0]) & (own[:, 1] == corner[k, 1]))[0]
