@@ -37,15 +37,9 @@ def intrinsics_px(params: torch.Tensor, height, width) -> torch.Tensor:
     return torch.stack([f, cx, cy], dim=1)
 
 
-def _coefficients(params: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """``(k1, k2, k3, p1, p2)``, each shaped to broadcast over ``like`` (`_coeff`)."""
-    return tuple(_coeff(params, i, like) for i in range(5))
-
-
-def distort(x: torch.Tensor, y: torch.Tensor, params: torch.Tensor, coefficients: tuple[torch.Tensor, ...] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Forward Brown-Conrady: ideal normalised ``(x, y)`` -> distorted normalised coordinates.
-    ``coefficients``: `_coefficients` of ``params``, when the caller has them."""
-    k1, k2, k3, p1, p2 = coefficients or _coefficients(params, x)
+def distort(x: torch.Tensor, y: torch.Tensor, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward Brown-Conrady: ideal normalised ``(x, y)`` -> distorted normalised coordinates."""
+    k1, k2, k3, p1, p2 = (_coeff(params, i, x) for i in range(5))
     r2 = x * x + y * y
     radial = 1 + r2 * (k1 + r2 * (k2 + r2 * k3))
     xd = x * radial + 2 * p1 * x * y + p2 * (r2 + 2 * x * x)
@@ -53,19 +47,15 @@ def distort(x: torch.Tensor, y: torch.Tensor, params: torch.Tensor, coefficients
     return xd, yd
 
 
-def _distort_with_jacobian(x, y, coefficients):
-    """`distort` and its Jacobian ``(d xd/dx, d xd/dy, d yd/dx, d yd/dy)``, sharing the
-    radius and the radial factor (the same values as computing them apart)."""
-    k1, k2, k3, p1, p2 = coefficients
+def _distort_jacobian(x, y, params):
+    k1, k2, k3, p1, p2 = (_coeff(params, i, x) for i in range(5))
     r2 = x * x + y * y
     radial = 1 + r2 * (k1 + r2 * (k2 + r2 * k3))
-    xd = x * radial + 2 * p1 * x * y + p2 * (r2 + 2 * x * x)
-    yd = y * radial + p1 * (r2 + 2 * y * y) + 2 * p2 * x * y
     dradial = k1 + r2 * (2 * k2 + 3 * k3 * r2)  # d radial / d r2
     a = radial + 2 * x * x * dradial + 2 * p1 * y + 6 * p2 * x
     b = 2 * x * y * dradial + 2 * p1 * x + 2 * p2 * y
     d = radial + 2 * y * y * dradial + 6 * p1 * y + 2 * p2 * x
-    return xd, yd, (a, b, b, d)
+    return a, b, b, d  # d xd/dx, d xd/dy, d yd/dx, d yd/dy
 
 
 def monotonic_radius(params: torch.Tensor) -> torch.Tensor:
@@ -98,16 +88,13 @@ def undistort_points(
     Values are the same either way.
     """
     r_max = monotonic_radius(params).reshape((-1,) + (1,) * (xd.dim() - 1))
-    # the coefficients sliced once and each step's distortion and Jacobian computed together:
-    # in an exported graph every tensor operation is a node, and on the CPU these small
-    # tensors cost their nodes' overhead more than their arithmetic
-    coefficients = _coefficients(params, xd)
     x, y = xd, yd
     for i in range(_NEWTON_STEPS):
         if implicit_grad and i == _NEWTON_STEPS - 1:
             x, y = x.detach(), y.detach()
-        fx, fy, (a, b, c, d) = _distort_with_jacobian(x, y, coefficients)
+        fx, fy = distort(x, y, params)
         ex, ey = fx - xd, fy - yd
+        a, b, c, d = _distort_jacobian(x, y, params)
         det = a * d - b * c
         det = torch.where(det.abs() < 1e-12, torch.full_like(det, 1e-12), det)
         x = x - (d * ex - b * ey) / det
@@ -115,7 +102,7 @@ def undistort_points(
         radius = torch.sqrt(x * x + y * y)
         shrink = torch.clamp(r_max / torch.clamp(radius, min=1e-12), max=1.0)
         x, y = x * shrink, y * shrink
-    fx, fy = distort(x, y, params, coefficients)
+    fx, fy = distort(x, y, params)
     tol = 1e-6 * (1 + torch.sqrt(xd * xd + yd * yd))
     valid = (torch.abs(fx - xd) < tol) & (torch.abs(fy - yd) < tol)
     return x, y, valid
