@@ -35,8 +35,10 @@ def test_lattice_synthesis_matches_the_exact_map():
 
 
 def test_pseudo_label_recovers_known_parameters_within_0_3_px():
+    # 100 and 107: lenses on which L-BFGS moving (k1, k2) themselves stopped 0.7 px off and
+    # ran off to k1 = -1.8 (tools/pseudo_label_accuracy.py draws more)
     h, w = 1024, 1536
-    for seed, k1, k2 in ((11, -0.25, 0.35), (12, -0.1, 0.1)):
+    for seed, k1, k2 in ((11, -0.25, 0.35), (12, -0.1, 0.1), (100, -0.1271, 0.1619), (107, -0.0946, 0.1054)):
         params = LensParams(k1=k1, k2=k2).to_tensor()
         src = torch.from_numpy(render_scene(seed, h, w)).permute(2, 0, 1)[None].float()
         distorted, target = make_pairs(src, params)
