@@ -44,7 +44,7 @@ def test_pseudo_label_recovers_known_parameters_within_0_3_px():
         distorted, target = make_pairs(src, params)
         u8 = lambda x: x[0].permute(1, 2, 0).round().clamp(0, 255).byte().numpy()  # noqa: E731
         fit = fit_pair(u8(distorted), u8(target))
-        theta = torch.tensor([fit.params.k1, fit.params.k2, fit.params.cx, fit.params.cy, np.log(fit.zoom)], dtype=torch.float32)
+        theta = fit.theta()
         # Endpoint error at the workload's resolution (2048 px wide).
         H, W = round(2048 * h / w), 2048
         epe = endpoint_error(warp_for(theta, H, W, 17, 25), warp_points(params, H, W), H, W).item()

@@ -34,7 +34,7 @@ def main() -> None:
         scene = torch.from_numpy(render_scene(100 + i, HEIGHT, WIDTH)).permute(2, 0, 1)[None].float()
         distorted, target = make_pairs(scene, params)
         fit = fit_pair(*(x[0].permute(1, 2, 0).round().clamp(0, 255).byte().numpy() for x in (distorted, target)))
-        theta = torch.tensor([fit.params.k1, fit.params.k2, fit.params.cx, fit.params.cy, np.log(fit.zoom)], dtype=torch.float32)
+        theta = fit.theta()
         h, w = round(2048 * HEIGHT / WIDTH), 2048
         errors.append(endpoint_error(warp_for(theta, h, w, 17, 25), warp_points(params, h, w), h, w).item())
         print(f"scene {100 + i}: k1 {k1:.3f} k2 {k2:.3f} -> {fit.params.k1:.3f} {fit.params.k2:.3f}, "

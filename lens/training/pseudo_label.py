@@ -37,6 +37,10 @@ class FitResult:
     zoom: float
     residual_grey: float
 
+    def theta(self) -> torch.Tensor:
+        """``(k1, k2, cx, cy, log zoom)``, as `warp_for` takes it."""
+        return torch.tensor([self.params.k1, self.params.k2, self.params.cx, self.params.cy, np.log(self.zoom)], dtype=torch.float32)
+
     def to_record(self, pair_id: str) -> dict:
         return {"pair_id": pair_id, "params": self.params.as_dict(), "zoom": self.zoom,
                 "fit_residual_grey": self.residual_grey, "source": "pseudo-label"}
