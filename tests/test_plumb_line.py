@@ -32,24 +32,44 @@ def _distorted(source: np.ndarray, params) -> np.ndarray:
     return distorted[0].permute(1, 2, 0).round().clamp(0, 255).byte().numpy()
 
 
-def _epe(params, true) -> float:
+def _epe(params, true, height=H, width=W) -> float:
     p = torch.tensor(np.asarray(params)[None], dtype=torch.float32)
     t = torch.tensor(np.asarray(true, dtype=np.float64)[None], dtype=torch.float32)
-    return float(endpoint_error(warp_points(p, H, W), warp_points(t, H, W), H, W))
+    return float(endpoint_error(warp_points(p, height, width), warp_points(t, height, width), height, width))
+
+
+def _facade(true, height: int = 1366, width: int = 2048) -> np.ndarray:
+    """A held-out facade through the lens ``true``, greyscale; by default at the width the
+    fit's thresholds were set at (`lens.runtime.plumb_line.REFERENCE_WIDTH`)."""
+    return cv2.cvtColor(_distorted(render_scene(VAL_SEED_BASE + 17, height, width, "facade"), true), cv2.COLOR_RGB2GRAY)
 
 
 @pytest.mark.parametrize("name, model", [("workload", "refined_radial"), ("decentred", "refined_full"), ("wide", "refined_radial")])
 def test_line_fit_recovers_the_lens_of_a_held_out_scene(name, model):
     true = LENSES[name]
-    grey = cv2.cvtColor(_distorted(render_scene(VAL_SEED_BASE + 17, H, W, "facade"), true), cv2.COLOR_RGB2GRAY)
-    fit = refine_with_lines(grey, NETWORK)
+    fit = refine_with_lines(_facade(true), NETWORK)
     assert fit.accepted and fit.code == model, fit.reason
     assert fit.lines >= 5
-    assert _epe(NETWORK, true) > 4.0  # the network's lens is visibly wrong here
-    assert _epe(fit.params, true) < 1.0
+    assert _epe(NETWORK, true, 1366, 2048) > 4.0  # the network's lens is visibly wrong here
+    assert _epe(fit.params, true, 1366, 2048) < 1.0
     assert fit.rms_px < fit.rms_prior_px
     # reported as the same warp at a focal length where every term is within the model's bounds
     assert all(PARAM_BOUNDS[n][0] <= v <= PARAM_BOUNDS[n][1] for n, v in zip(PARAM_NAMES, fit.params))
+
+
+def test_the_same_photo_at_twice_the_size_gets_the_same_lens():
+    # Edges are found at 1024 px whatever the photo's size, so the fit measures in pixels of
+    # the photo scaled to 2048 px: counted in the photo's own pixels, its thresholds were half
+    # as wide at 4096 px (this pair's warps were 0.09 px apart, and the reported residual grew
+    # 1.4x instead of 2x).
+    from lens.runtime.plumb_line import warp_gap
+
+    grey = _facade(LENSES["workload"])
+    twice = np.repeat(np.repeat(grey, 2, axis=0), 2, axis=1)  # each pixel as 2 x 2: the same picture
+    fit, fit_twice = refine_with_lines(grey, NETWORK), refine_with_lines(twice, NETWORK)
+    assert fit.accepted and fit_twice.code == fit.code, fit_twice.reason
+    assert warp_gap(fit.params, fit_twice.params, 1366, 2048) < 0.05  # px at 2048 (the area reductions round differently)
+    assert fit_twice.rms_prior_px / fit.rms_prior_px == pytest.approx(2.0, abs=0.05)  # reported in each photo's pixels
 
 
 def test_photo_without_straight_lines_keeps_the_network_lens():

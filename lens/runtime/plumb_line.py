@@ -36,7 +36,7 @@ import os
 import threading
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
@@ -50,6 +50,11 @@ from lens.runtime.lens_maps import camera_px, undistort_normalised, undistort_px
 # a whole multiple of it, the rows are cropped to that multiple too: OpenCV's fast area path
 # (0.14 ms against 5 ms for 2048 x 1367 -> 1024 x 684, whose rows do not halve evenly).
 WORK_WIDTH = 1024  # 768 loses accuracy (0.13 -> 0.58 px on refitted workload scenes of 2048 px) for no speed
+# Every length and tolerance below is in pixels of the photo scaled to `REFERENCE_WIDTH`, the
+# width they were set at (`_in_reference_frame`). The edges are found at `WORK_WIDTH` whatever
+# the photo's size, so their noise, the lines' bend and the split halves' gap are all the same
+# share of the width at any size; counted in the photo's own pixels they doubled at 4000 px.
+REFERENCE_WIDTH = 2048
 CANNY_PERCENTILE, CANNY_LOW_RATIO, CANNY_FLOOR = 90.0, 0.4, 24.0  # Sobel 3x3 magnitude units
 BLUR_SIGMA = 1.0
 MIN_CHAIN = 24  # edge pixels at WORK_WIDTH
@@ -261,6 +266,16 @@ def work_image(grey: np.ndarray) -> WorkImage:
         return WorkImage(cv2.resize(grey[: rows * k], (WORK_WIDTH, rows), interpolation=cv2.INTER_AREA), k, k, height, width)
     rows = max(8, round(height * WORK_WIDTH / width))
     return WorkImage(cv2.resize(grey, (WORK_WIDTH, rows), interpolation=cv2.INTER_AREA), width / WORK_WIDTH, height / rows, height, width)
+
+
+def _in_reference_frame(work: WorkImage) -> tuple[WorkImage, float]:
+    """``work`` with its full-resolution frame scaled to `REFERENCE_WIDTH` (pixel centres kept:
+    a photo pixel p is reference pixel (p + 0.5) s - 0.5, so the lens parameters, in units of
+    the width, mean the same), and the photo pixels per reference pixel."""
+    s = REFERENCE_WIDTH / work.width
+    if s == 1:
+        return work, 1.0
+    return replace(work, scale_x=work.scale_x * s, scale_y=work.scale_y * s, height=work.height * s, width=REFERENCE_WIDTH), 1 / s
 
 
 def edge_chains(work: WorkImage) -> _Chains:
@@ -751,7 +766,7 @@ def refine_with_lines(photo: np.ndarray | WorkImage, prior: np.ndarray) -> LineF
     """Refit the lens of ``prior`` (8 parameters, `PARAM_NAMES` order) to the straight lines of
     a full-resolution greyscale photo ``(H, W)`` uint8 (or its `work_image`). Returns the prior
     when the photo does not support a fit (`LineFit.reason` says why)."""
-    work = photo if isinstance(photo, WorkImage) else work_image(photo)
+    work, photo_px = _in_reference_frame(photo if isinstance(photo, WorkImage) else work_image(photo))
     height, width = work.height, work.width
     prior = np.asarray(prior, dtype=np.float64).reshape(8)
     pieces = straight_pieces(edge_chains(work))
@@ -796,10 +811,10 @@ def refine_with_lines(photo: np.ndarray | WorkImage, prior: np.ndarray) -> LineF
     # point is the least determined term, so its split halves disagree first), the radial lens
     # is checked in its place: on general-regime scenes it still gets most of the way.
     residual_network = line_residuals(network, lines, height, width)
-    before = float(np.median(residual_network))
+    before = float(np.median(residual_network)) * photo_px
     failures = []
     for chosen, fitted in ([(full, FULL), (radial, RADIAL)] if use_full else [(radial, RADIAL)]):
-        problem, reported, gap, after = _check(chosen, fitted, lines, residual_network, height, width, prior)
+        problem, reported, gap, after = _check(chosen, fitted, lines, residual_network, height, width, prior, photo_px)
         model = "full" if fitted == FULL else "radial"
         if problem is None:
             note = f" ({failures[0][1]})" if failures else ""
@@ -825,16 +840,18 @@ def _full_model_may_pass(function: "_Straightness", radial: np.ndarray, cost_rad
     return _full_model_chosen(cost_radial, max(cost_radial - FULL_MODEL_PREDICTION_MARGIN * gain, 1e-12), lines)
 
 
-def _check(chosen, fitted, lines, residual_network, height, width, prior):
+def _check(chosen, fitted, lines, residual_network, height, width, prior, photo_px=1.0):
     """(code, reason) of the first acceptance check that a fitted lens fails, or None; the
-    lens as reported (`equivalent_in_bounds`), the split halves' warp gap (px) and the median
-    line residual under the lens (px)."""
+    lens as reported (`equivalent_in_bounds`), the split halves' warp gap and the median line
+    residual under the lens, in the photo's pixels (``photo_px`` per pixel of the reference
+    frame the checks work in; the reasons give the limits in the photo's pixels too)."""
     residual_fit, angle, length, centre = _line_geometry(chosen, lines, height, width)
     after = float(np.median(residual_fit))
     reported = equivalent_in_bounds(chosen)
     problem = _implausible(chosen, reported, height, width)
     if problem is None and after > MAX_LINE_RMS_PX:
-        problem = "lines_not_straight", f"the fitted lines stay {after:.2f} px from straight (> {MAX_LINE_RMS_PX}): not straight edges"
+        problem = "lines_not_straight", (f"the fitted lines stay {after * photo_px:.2f} px from straight (> {round(MAX_LINE_RMS_PX * photo_px, 2)}): "
+                                         "not straight edges")
     if problem is None:
         alignment, balance = _one_way(chosen, angle, length, centre, height, width)
         if alignment > MAX_ALIGNMENT and balance < MIN_BALANCE:
@@ -851,8 +868,8 @@ def _check(chosen, fitted, lines, residual_network, height, width, prior):
         gap = warp_gap(*_split_half_fits(chosen, fitted, lines, height, width, prior), height, width)
         limit = MAX_HALF_GAP_FULL_PX if fitted == FULL and len(lines) >= MANY_LINES else MAX_HALF_GAP_PX
         if gap > limit:
-            problem = "halves_disagree", f"two halves of the lines disagree by {gap:.2f} px (> {limit}): not a reliable fit"
-    return problem, reported, gap, after
+            problem = "halves_disagree", f"two halves of the lines disagree by {gap * photo_px:.2f} px (> {round(limit * photo_px, 2)}): not a reliable fit"
+    return problem, reported, gap * photo_px, after * photo_px
 
 
 class LineFitPool:
