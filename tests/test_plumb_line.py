@@ -110,11 +110,12 @@ def test_lines_that_run_one_way_on_one_side_keep_the_network_lens():
     assert fits[1].accepted and _epe(fits[1].params, LENSES["workload"]) < 1.0, fits[1].reason
 
 
-@pytest.mark.parametrize("size", [(1367, 2048), (1001, 1536)])
+@pytest.mark.parametrize("size", [(1367, 2048), (1001, 1536), (1501, 3100)])
 def test_edges_are_placed_at_their_full_resolution_positions(size):
     # Edges are found at about 1024 px wide: halved exactly at 2048 px (the odd last row left
-    # out), scaled by 1.5 across and 1001/667 down at 1536 x 1001. One scale taken from the
-    # width for both axes put the bottom edges here 0.92 and 0.48 px too high.
+    # out), scaled by 1.5 across and 1001/667 down at 1536 x 1001, a third at 3100 x 1501 (the
+    # last column and rows left out). One scale taken from the width for both axes put the
+    # bottom edges here 0.92 and 0.48 px too high.
     from lens.runtime.plumb_line import edge_chains, straight_pieces, work_image
 
     height, width = size
