@@ -53,7 +53,7 @@ WORK_WIDTH = 1024  # 768 loses accuracy (0.13 -> 0.58 px on refitted workload sc
 # Every length and tolerance below is in pixels of the photo scaled to `REFERENCE_WIDTH`, the
 # width they were set at (`_in_reference_frame`). The edges are found at `WORK_WIDTH` whatever
 # the photo's size, so their noise, the lines' bend and the split halves' gap are all the same
-# share of the width at any size; counted in the photo's own pixels they doubled at 4000 px.
+# share of the width at any size: in the photo's own pixels they are twice as large at 4096 px.
 REFERENCE_WIDTH = 2048
 CANNY_PERCENTILE, CANNY_LOW_RATIO, CANNY_FLOOR = 90.0, 0.4, 24.0  # Sobel 3x3 magnitude units
 BLUR_SIGMA = 1.0
@@ -260,8 +260,8 @@ def work_image(grey: np.ndarray) -> WorkImage:
     a multiple of `WORK_WIDTH`, or ``k`` is 3 or more and leaves at least 0.9 `WORK_WIDTH`;
     else to exactly `WORK_WIDTH`.
 
-    Whole factors take OpenCV's fast area path: at 4000 x 3000 on one thread ~5 ms against
-    ~25-39 ms for the fractional resize, at 6000 x 4000 ~7 against ~55-63. On validation draws
+    Whole factors take OpenCV's fast area path (one thread): ~6 ms against ~26 for the
+    fractional resize at 4000 x 3000, ~10 against ~68 at 6000 x 4000. On validation draws
     of both regimes the fits were as close to the true lens as from the fractional resize
     (mean gap whole-factor minus fractional, standard error in brackets: 3000 x 2000, k = 3,
     +0.07 px (0.18), 64 draws; 4000 x 3000, k = 4, +0.40 (0.19) and +0.11 (0.16), 48 and 80;
