@@ -218,6 +218,43 @@ def test_lens_run_applies_the_line_fit_and_records_it(tmp_path):
     assert (again / "facade.png").read_bytes() == (tmp_path / "lines" / "facade.png").read_bytes()
 
 
+def _segments_through(lens, noise_px: float, height: int = 1366, width: int = 2048):
+    """16 straight 400-px segments, seeded, seen through ``lens`` with edge noise: the fit's
+    lines (`lens.runtime.plumb_line._Lines`)."""
+    from lens.runtime.lens_maps import camera_px
+    from lens.runtime.plumb_line import _Lines, _moments
+
+    f, cx, cy = camera_px(lens, height, width)
+    rng = np.random.default_rng(0)
+    points = []
+    for _ in range(16):
+        centre, angle = rng.uniform([300, 200], [width - 300, height - 200]), rng.uniform(0, np.pi)
+        t = np.linspace(-200, 200, 32)
+        x, y = (centre[0] + t * np.cos(angle) - cx) / f, (centre[1] + t * np.sin(angle) - cy) / f
+        radial = 1 + (x * x + y * y) * (lens[0] + (x * x + y * y) * lens[1])
+        points.append(np.stack([x * radial * f + cx, y * radial * f + cy], axis=1) + rng.normal(0, noise_px, (32, 2)))
+    label = np.repeat(np.arange(16), 32)
+    _, _, major, _, _ = _moments(np.concatenate(points), label, 16)
+    return _Lines(np.concatenate(points), label, np.sqrt(major))
+
+
+@pytest.mark.parametrize("noise_px, used", [(0.05, True), (0.15, False)])
+def test_a_fit_that_moves_the_warp_far_needs_strong_evidence(noise_px, used):
+    # The true lens moves the network's warp by 7 px. With clean edges the lines prefer it
+    # clearly (F = 27); through more edge noise they prefer it only a little (F = 3.1, above
+    # the plain evidence bar of 2): gravel at 4000 px was bent straight like that, 56 px worse
+    # than the network's lens, and such a move now needs F >= 5.
+    from lens.runtime.plumb_line import RADIAL, _check, line_residuals
+
+    true = np.array(LENSES["workload"], float)
+    lines = _segments_through(true, noise_px)
+    problem = _check(true, RADIAL, lines, line_residuals(NETWORK, lines, 1366, 2048), 1366, 2048, NETWORK)[0]
+    if used:
+        assert problem is None
+    else:
+        assert problem[0] == "weak_evidence" and "moves the warp 7.0 px" in problem[1], problem
+
+
 @pytest.mark.parametrize("processes", [1, 2])
 def test_a_failing_fit_keeps_the_network_lens(processes):
     from lens.runtime.plumb_line import LineFitPool

@@ -117,6 +117,12 @@ MANY_LINES, MAX_HALF_GAP_FULL_PX = 30, 8.0
 # only 14% straighter (F = 0.7). On 128 synthetic validation scenes, every other fit below
 # F = 3 moved the warp by under 2 px.
 MIN_EVIDENCE_F = 2.0
+# A fit that moves the warp far from the network's needs more: gravel at 4000 px (9 lines, two
+# of them texture joined across the frame) got 18% straighter (F = 2.6) under a lens that moved
+# the warp 20 px, 56 px worse than the network's. On 450 fits used on synthetic validation draws
+# (1536 to 6000 px, both regimes) every fit that moved the warp by more than `FAR_MOVE_PX` had
+# F >= 6.6 (5th percentile 38), and every fit with F < 5 moved it by under 3.7 px.
+FAR_MOVE_PX, MIN_EVIDENCE_F_FAR = 5.0, 5.0
 NEWTON_TOLERANCE = 1e-12  # normalised units (~1e-9 px): converged for any later use
 # Textures that passed the other checks on real photos (`tools/line_fit_photos.py`): wood
 # grain, its lines all one way in one corner, that a pincushion lens bent straight (37 px off
@@ -875,6 +881,9 @@ def _check(chosen, fitted, lines, residual_network, height, width, prior, photo_
     if problem is None and (evidence := _evidence(residual_network, residual_fit, len(fitted))) < MIN_EVIDENCE_F:
         problem = "weak_evidence", (f"the lines barely prefer the fitted lens to the network's (F = {evidence:.1f} < {MIN_EVIDENCE_F}): "
                                     "curved objects, not straight edges")
+    if problem is None and evidence < MIN_EVIDENCE_F_FAR and (move := warp_gap(chosen, prior, height, width)) > FAR_MOVE_PX:
+        problem = "weak_evidence", (f"the fitted lens moves the warp {move * photo_px:.1f} px from the network's, on weak evidence "
+                                    f"(F = {evidence:.1f} < {MIN_EVIDENCE_F_FAR} for a move beyond {round(FAR_MOVE_PX * photo_px, 2)} px)")
     gap = float("nan")
     if problem is None:  # split-half check: lines of a real lens agree; curves that the fit bent straight do not
         gap = warp_gap(*_split_half_fits(chosen, fitted, lines, height, width, prior), height, width)
