@@ -221,6 +221,7 @@ def test_lens_run_applies_the_line_fit_and_records_it(tmp_path):
 def _segments_through(lens, noise_px: float, height: int = 1366, width: int = 2048):
     """16 straight 400-px segments, seeded, seen through ``lens`` with edge noise: the fit's
     lines (`lens.runtime.plumb_line._Lines`)."""
+    from lens.geometry import distort
     from lens.runtime.lens_maps import camera_px
     from lens.runtime.plumb_line import _Lines, _moments
 
@@ -230,9 +231,9 @@ def _segments_through(lens, noise_px: float, height: int = 1366, width: int = 20
     for _ in range(16):
         centre, angle = rng.uniform([300, 200], [width - 300, height - 200]), rng.uniform(0, np.pi)
         t = np.linspace(-200, 200, 32)
-        x, y = (centre[0] + t * np.cos(angle) - cx) / f, (centre[1] + t * np.sin(angle) - cy) / f
-        radial = 1 + (x * x + y * y) * (lens[0] + (x * x + y * y) * lens[1])
-        points.append(np.stack([x * radial * f + cx, y * radial * f + cy], axis=1) + rng.normal(0, noise_px, (32, 2)))
+        x, y = (torch.from_numpy((centre[0] + t * np.cos(angle) - cx) / f)[None], torch.from_numpy((centre[1] + t * np.sin(angle) - cy) / f)[None])
+        xd, yd = distort(x, y, torch.from_numpy(np.asarray(lens, np.float64))[None])
+        points.append(np.stack([xd[0].numpy() * f + cx, yd[0].numpy() * f + cy], axis=1) + rng.normal(0, noise_px, (32, 2)))
     label = np.repeat(np.arange(16), 32)
     _, _, major, _, _ = _moments(np.concatenate(points), label, 16)
     return _Lines(np.concatenate(points), label, np.sqrt(major))

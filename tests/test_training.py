@@ -7,8 +7,7 @@ from typer.testing import CliRunner
 
 from lens.cli import app
 from lens.geometry import LensParams, distortion_grid, optimal_new_camera
-from lens.training.losses import endpoint_error, warp_points
-from lens.training.pseudo_label import fit_pair, warp_for
+from lens.training.pseudo_label import fit_pair
 from lens.training.scenes import render_scene
 from lens.training.synth import LATTICE_STEP, make_pairs, pair_grids, sample_params
 
@@ -44,10 +43,8 @@ def test_pseudo_label_recovers_known_parameters_within_0_3_px():
         distorted, target = make_pairs(src, params)
         u8 = lambda x: x[0].permute(1, 2, 0).round().clamp(0, 255).byte().numpy()  # noqa: E731
         fit = fit_pair(u8(distorted), u8(target))
-        theta = fit.theta()
         # Endpoint error at the workload's resolution (2048 px wide).
-        H, W = round(2048 * h / w), 2048
-        epe = endpoint_error(warp_for(theta, H, W, 17, 25), warp_points(params, H, W), H, W).item()
+        epe = fit.epe_px(params, round(2048 * h / w), 2048)
         assert epe < 0.3, (k1, k2, fit, epe)
 
 

@@ -13,8 +13,7 @@ import numpy as np
 import torch
 
 from lens.geometry import LensParams
-from lens.training.losses import endpoint_error, warp_points
-from lens.training.pseudo_label import fit_pair, warp_for
+from lens.training.pseudo_label import fit_pair
 from lens.training.scenes import render_scene
 from lens.training.synth import make_pairs
 
@@ -34,9 +33,7 @@ def main() -> None:
         scene = torch.from_numpy(render_scene(100 + i, HEIGHT, WIDTH)).permute(2, 0, 1)[None].float()
         distorted, target = make_pairs(scene, params)
         fit = fit_pair(*(x[0].permute(1, 2, 0).round().clamp(0, 255).byte().numpy() for x in (distorted, target)))
-        theta = fit.theta()
-        h, w = round(2048 * HEIGHT / WIDTH), 2048
-        errors.append(endpoint_error(warp_for(theta, h, w, 17, 25), warp_points(params, h, w), h, w).item())
+        errors.append(fit.epe_px(params, round(2048 * HEIGHT / WIDTH), 2048))
         print(f"scene {100 + i}: k1 {k1:.3f} k2 {k2:.3f} -> {fit.params.k1:.3f} {fit.params.k2:.3f}, "
               f"EPE {errors[-1]:.3f} px, residual {fit.residual_grey:.2f} grey levels", flush=True)
     e = np.array(errors)

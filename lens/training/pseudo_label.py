@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from lens.geometry import LensParams, optimal_new_camera, parametric_points
+from lens.training.losses import EPE_COLS, EPE_ROWS, endpoint_error, warp_points
 
 LEVEL_WIDTHS = (128, 256, 512, 1024)
 K1_SEARCH = np.linspace(-0.5, 0.3, 41)
@@ -37,9 +38,11 @@ class FitResult:
     zoom: float
     residual_grey: float
 
-    def theta(self) -> torch.Tensor:
-        """``(k1, k2, cx, cy, log zoom)``, as `warp_for` takes it."""
-        return torch.tensor([self.params.k1, self.params.k2, self.params.cx, self.params.cy, np.log(self.zoom)], dtype=torch.float32)
+    def epe_px(self, true: torch.Tensor, height: int, width: int) -> float:
+        """Endpoint error (px) of the fitted warp against the correction of the lens ``true``
+        ``(1, 8)``, on the EPE lattice of a ``height x width`` image (`lens.training.losses`)."""
+        theta = torch.tensor([self.params.k1, self.params.k2, self.params.cx, self.params.cy, np.log(self.zoom)], dtype=torch.float32)
+        return float(endpoint_error(warp_for(theta, height, width, EPE_ROWS, EPE_COLS), warp_points(true, height, width), height, width))
 
     def to_record(self, pair_id: str) -> dict:
         return {"pair_id": pair_id, "params": self.params.as_dict(), "zoom": self.zoom,
