@@ -399,7 +399,7 @@ def train(
     import time
 
     from lens.training.model import ModelConfig
-    from lens.training.train import TrainConfig
+    from lens.training.train import TrainConfig, TrainingStopped
     from lens.training.train import train as run_training
 
     try:
@@ -416,7 +416,12 @@ def train(
             progress.update(task, completed=step, rate=f"loss {loss:6.3f}  {rate:6.1f} img/s")
 
         t0 = time.perf_counter()
-        metrics = run_training(config, run_dir, parent=parent, resume=resume, on_step=on_step)
+        try:
+            metrics = run_training(config, run_dir, parent=parent, resume=resume, on_step=on_step)
+        except TrainingStopped as stopped:
+            progress.stop()
+            console.print(f"{escape(str(stopped))}; the same command resumes from there", soft_wrap=True)
+            raise typer.Exit(128 + stopped.signum) from None
     console.print(f"{stage}: best validation EPE {metrics.get('epe_mean', float('nan')):.3f} px (mean), "
                   f"{metrics.get('epe_p95', float('nan')):.3f} px (p95) in {time.perf_counter() - t0:.0f} s "
                   f"-> {escape(str(run_dir / stage / 'best.pt'))}", soft_wrap=True)

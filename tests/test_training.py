@@ -80,6 +80,36 @@ def test_training_is_reproducible_and_resume_continues_exactly(tmp_path):
     assert torch.load(b / "param" / "last.pt", weights_only=True)["step"] == 4 and set(wb) == set(wa)
 
 
+def test_sigterm_saves_the_step_it_stopped_at_and_the_same_command_resumes(tmp_path):
+    # a scheduler's stop or `timeout` sends SIGTERM: the step in progress finishes, its state is
+    # saved, and running the command again carries on from it (a GPU lent for minutes at a
+    # time trains one run over several sessions this way)
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run = tmp_path / "run"
+    history = run / "param" / "history.jsonl"
+    command = [sys.executable, "-m", "lens", "train", "--stage", "param", "--run", str(run), "--steps", "100000", "--batch", "4",
+               "--pool-size", "16", "--val-size", "8", "--val-every", "1"]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**__import__("os").environ, "COLUMNS": "200"})
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and not (history.exists() and len(history.read_text().splitlines()) >= 2):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    output = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 128 + signal.SIGTERM, output
+    stopped = torch.load(run / "param" / "last.pt", weights_only=True)["step"]
+    recorded = [json.loads(line)["step"] for line in history.read_text().splitlines()]
+    assert stopped >= 2 and recorded == list(range(1, stopped + 1))  # nothing trained after the last save
+    assert f"stopped by SIGTERM at step {stopped}" in output and "resumes" in output, output
+    resumed = subprocess.run([str(stopped + 2) if arg == "100000" else arg for arg in command], capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert torch.load(run / "param" / "last.pt", weights_only=True)["step"] == stopped + 2
+    assert [json.loads(line)["step"] for line in history.read_text().splitlines()] == list(range(1, stopped + 3))
+
+
 def test_eval_reports_model_and_both_baselines(tmp_path):
     run = tmp_path / "run"
     assert runner.invoke(app, ["train", "--stage", "param", "--run", str(run), *TINY]).exit_code == 0

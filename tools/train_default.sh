@@ -7,7 +7,14 @@
 # param stage, STAGE_POOL [POOL] for the two later ones, BATCH [128], WORKERS [cores - 2],
 # TRAIN_FLAGS [none] added to every stage (e.g. --cuda-graphs on a GPU).
 # On a GPU: BACKBONE=small-hr INPUT_WIDTH=480 SOURCE_WIDTH=1280 tools/train_default.sh runs/hr cuda 4 0.6 0.4
+# Resumable: each stage resumes from RUN_DIR/<stage>/last.pt, a finished stage is skipped, and
+# the minutes are each stage's total training time across calls. Ctrl-C or SIGTERM (`timeout`,
+# a scheduler) make lens train finish its step, save and stop; the traps make this script wait
+# for that instead of dying first. So a GPU lent for minutes at a time trains one run over
+# several sessions: `timeout -s TERM SECONDS tools/train_default.sh RUN_DIR cuda 60 6 4` in each.
 set -euo pipefail
+trap 'exit 143' TERM
+trap 'exit 130' INT
 RUN=${1:?run dir}; DEVICE=${2:-cpu}
 M1=${3:-0}; M2=${4:-0}; M3=${5:-0}
 PY=${PYTHON:-python3}

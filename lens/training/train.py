@@ -7,14 +7,17 @@ Three stages share it (`TrainConfig.stage`):
   supervised, with residual smoothness and a Jacobian fold-over penalty;
 - ``finetune``: starts from ``hybrid``'s best at a lower learning rate.
 
-A run directory holds ``<stage>/last.pt`` (written every ``checkpoint_every`` steps, with the
-optimiser and random states, so an interrupted run resumes exactly where it stopped) and
+A run directory holds ``<stage>/last.pt`` (written every ``checkpoint_every`` steps, and when
+Ctrl-C or SIGTERM stops the run, with the optimiser and random states, so an interrupted run
+resumes exactly where it stopped) and
 ``<stage>/best.pt`` (best validation endpoint error). Everything is seeded; on a CPU the same
 config gives the same weights.
 """
 from __future__ import annotations
 
 import json
+import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -65,6 +68,41 @@ class TrainConfig:
             raise ValueError(f"unknown stage {self.stage!r}: choose from {STAGES}")
         if self.cuda_graphs and not self.device.startswith("cuda"):
             raise ValueError("--cuda-graphs needs --device cuda")
+
+
+class TrainingStopped(Exception):
+    """Ctrl-C or SIGTERM ended a stage early, after a whole step; ``last.pt`` holds its state."""
+
+    def __init__(self, stage: str, step: int, last: Path, signum: int):
+        self.stage, self.step, self.last, self.signum = stage, step, last, signum
+        super().__init__(f"{stage}: stopped by {signal.Signals(signum).name} at step {step}; state saved to {last}")
+
+
+class _StopRequests:
+    """Ctrl-C and SIGTERM (a scheduler's or ``timeout``'s stop) are noted, not raised, so the
+    step in progress finishes and its state can be saved: a signal in the middle of an optimiser
+    step would leave weights and moments out of step with each other. A second one stops at
+    once. Only in the main thread, the only one Python delivers signals to."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def _note(self, signum, frame) -> None:
+        self.signum = signum
+        for s, handler in self._previous.items():  # the next one takes the usual way
+            signal.signal(s, handler)
+
+    def __enter__(self) -> "_StopRequests":
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self._previous[s] = signal.signal(s, self._note)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.signum is None:
+            for s, handler in self._previous.items():
+                signal.signal(s, handler)
 
 
 def _forward(model: LensNet, batch: Batch, use_flow: bool):
@@ -214,32 +252,37 @@ def train(config: TrainConfig, run_dir: str | Path, parent: str | Path | None = 
     captured = CapturedTrainStep(model, optim, pool, step_loss) if config.cuda_graphs else None
     metrics: dict = {}
     t0, seen = time.perf_counter(), 0
-    while step < config.steps and progress(step) < 1.0:
-        model.train()
-        if captured is not None:
-            loss = captured(plan_batch(pool.shape[0], tuple(pool.shape[-2:]), config.batch, rng, config.workload_share))
-        else:
-            loss = step_loss(draw_batch(pool, config.batch, rng, config.workload_share, device=device))
-            optim.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-            optim.step()
-        sched.step()
-        step += 1
-        seen += config.batch
-        if on_step:
-            on_step(step, loss.item(), seen / (time.perf_counter() - t0))
-        finished = step == config.steps or progress(step) >= 1.0
-        if step % config.val_every == 0 or finished:
-            metrics = evaluate_batches(model, val_batches, use_flow)
-            with open(stage_dir / HISTORY_FILE, "a") as fh:  # the error-versus-time curve
-                fh.write(json.dumps({"step": step, "pairs": step * config.batch, "elapsed_s": round(clock["offset"] + time.perf_counter() - clock["start"], 1),
-                                     "train_loss": round(loss.item(), 4), **{k: round(v, 4) for k, v in metrics.items()}}) + "\n")
-            if metrics["epe_mean"] < best:
-                best = metrics["epe_mean"]
-                save_checkpoint(best_path, payload("best", metrics))
-        if step % config.checkpoint_every == 0 or finished:
-            save_checkpoint(last_path, payload("last", metrics))
+    with _StopRequests() as stop:
+        while step < config.steps and progress(step) < 1.0:
+            model.train()
+            if captured is not None:
+                loss = captured(plan_batch(pool.shape[0], tuple(pool.shape[-2:]), config.batch, rng, config.workload_share))
+            else:
+                loss = step_loss(draw_batch(pool, config.batch, rng, config.workload_share, device=device))
+                optim.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+                optim.step()
+            sched.step()
+            step += 1
+            seen += config.batch
+            if on_step:
+                on_step(step, loss.item(), seen / (time.perf_counter() - t0))
+            finished = step == config.steps or progress(step) >= 1.0
+            if step % config.val_every == 0 or finished:
+                metrics = evaluate_batches(model, val_batches, use_flow)
+                with open(stage_dir / HISTORY_FILE, "a") as fh:  # the error-versus-time curve
+                    fh.write(json.dumps({"step": step, "pairs": step * config.batch, "elapsed_s": round(clock["offset"] + time.perf_counter() - clock["start"], 1),
+                                         "train_loss": round(loss.item(), 4), **{k: round(v, 4) for k, v in metrics.items()}}) + "\n")
+                if metrics["epe_mean"] < best:
+                    best = metrics["epe_mean"]
+                    save_checkpoint(best_path, payload("best", metrics))
+            if step % config.checkpoint_every == 0 or finished:
+                save_checkpoint(last_path, payload("last", metrics))
+            if stop.signum is not None and not finished:
+                if step % config.checkpoint_every:  # else just saved
+                    save_checkpoint(last_path, payload("last", metrics))
+                raise TrainingStopped(config.stage, step, last_path, stop.signum)
     if not best_path.exists():  # resumed a finished run
         metrics = evaluate_batches(model, val_batches, use_flow)
         save_checkpoint(best_path, payload("best", metrics))
