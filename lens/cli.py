@@ -13,7 +13,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from lens import __version__
 
@@ -46,11 +46,11 @@ def main(
         raise typer.Exit(2)
 
 
-def _progress() -> Progress:
+def _progress(counts: bool = True) -> Progress:
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
-        MofNCompleteColumn(),
+        MofNCompleteColumn() if counts else TaskProgressColumn(),
         TextColumn("{task.fields[rate]}"),
         TimeElapsedColumn(),
         TextColumn("left"),
@@ -409,11 +409,14 @@ def train(
                              workers=workers, time_budget_s=minutes * 60, cuda_graphs=cuda_graphs, model=model.to_dict())
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
-    with _progress() as progress:
-        task = progress.add_task(f"train {stage}", total=steps, rate="")
+    with _progress(counts=False) as progress:  # a share: of the steps or of --minutes, whichever is further
+        task = progress.add_task(f"train {stage}", total=1000, rate="")
+        first = [True]
 
-        def on_step(step: int, loss: float, rate: float) -> None:
-            progress.update(task, completed=step, rate=f"loss {loss:6.3f}  {rate:6.1f} img/s")
+        def on_step(step: int, loss: float, rate: float, done: float) -> None:
+            if first.pop() if first else False:  # a resumed stage starts part-way: no jump in the time estimate
+                progress.reset(task, total=1000, completed=round(done * 1000))
+            progress.update(task, completed=round(done * 1000), rate=f"step {step}  loss {loss:6.3f}  {rate:6.1f} img/s")
 
         t0 = time.perf_counter()
         try:

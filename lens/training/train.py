@@ -161,11 +161,13 @@ def _rng_state(rng: np.random.Generator) -> dict:
 
 
 def train(config: TrainConfig, run_dir: str | Path, parent: str | Path | None = None, resume: bool = True,
-          on_step: Callable[[int, float, float], None] | None = None) -> dict:
+          on_step: Callable[[int, float, float, float], None] | None = None) -> dict:
     """Train one stage into ``run_dir/<stage>/``; returns the final validation metrics.
 
     ``parent`` defaults to ``run_dir/<parent stage>/best.pt`` for the hybrid and finetune
-    stages. ``on_step(step, loss, samples_per_s)`` reports progress."""
+    stages. ``on_step(step, loss, samples_per_s, done)`` reports progress about twice a second
+    (reading the loss waits for the GPU), ``done`` being the share of the stage's steps or time
+    budget, whichever is further."""
     run_dir = Path(run_dir)
     stage_dir = run_dir / config.stage
     stage_dir.mkdir(parents=True, exist_ok=True)
@@ -251,7 +253,7 @@ def train(config: TrainConfig, run_dir: str | Path, parent: str | Path | None = 
 
     captured = CapturedTrainStep(model, optim, pool, step_loss) if config.cuda_graphs else None
     metrics: dict = {}
-    t0, seen = time.perf_counter(), 0
+    t0, seen, reported = time.perf_counter(), 0, 0.0
     with _StopRequests() as stop:
         while step < config.steps and progress(step) < 1.0:
             model.train()
@@ -266,9 +268,10 @@ def train(config: TrainConfig, run_dir: str | Path, parent: str | Path | None = 
             sched.step()
             step += 1
             seen += config.batch
-            if on_step:
-                on_step(step, loss.item(), seen / (time.perf_counter() - t0))
             finished = step == config.steps or progress(step) >= 1.0
+            if on_step and (finished or time.perf_counter() - reported >= 0.5):
+                reported = time.perf_counter()
+                on_step(step, loss.item(), seen / (reported - t0), progress(step))
             if step % config.val_every == 0 or finished:
                 metrics = evaluate_batches(model, val_batches, use_flow)
                 with open(stage_dir / HISTORY_FILE, "a") as fh:  # the error-versus-time curve
