@@ -11,10 +11,12 @@ cv2.imwrite JPEG 95 4:4:4. lens: the full `lens run` pipeline (decode, ONNX Runt
 the default model, safety + fallback, OpenCV sampling, encode, atomic write, metadata), once
 with the default line fit (`--refine lines`: the lens refitted to each photo's straight lines)
 and once without (`--refine off`). All run over THREADS worker threads. Runs alternate ROUNDS times (3);
-reported: the best of each, and the median of the per-round ratios.
+reported: the best of each, the median of the per-round ratios, and the CPU time each pipeline
+spends per image (user + system, this process and its children: the core-time a photo costs).
 """
 from __future__ import annotations
 
+import resource
 import sys
 import tempfile
 import time
@@ -66,6 +68,10 @@ def lens_pipeline(src: Path, out: Path, threads: int, backend, refine: str) -> f
     return summary["ok"] / (time.perf_counter() - t)
 
 
+def cpu_seconds() -> float:
+    return sum(r.ru_utime + r.ru_stime for r in (resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)))
+
+
 def main(n: int = 24, threads: int = 2, rounds: int = 3, size: tuple[int, int] = (2048, 1367)) -> None:
     cv2.setNumThreads(1)  # the worker threads are the parallelism, for both pipelines
     backend = OnnxRuntimeBackend(DEFAULT_BUILD, "cpu")
@@ -73,14 +79,22 @@ def main(n: int = 24, threads: int = 2, rounds: int = 3, size: tuple[int, int] =
         src = Path(tmp) / "in"
         make_inputs(src, n, size)
         rates: dict[str, list[float]] = {"OpenCV undistort pipeline": [], "lens run --refine lines": [], "lens run --refine off": []}
+        cpu_ms: dict[str, list[float]] = {k: [] for k in rates}
+
+        def timed(name: str, pipeline) -> None:
+            before = cpu_seconds()
+            rates[name].append(pipeline())
+            cpu_ms[name].append((cpu_seconds() - before) / n * 1e3)
+
         for rep in range(rounds):
-            rates["OpenCV undistort pipeline"].append(opencv_pipeline(src, Path(tmp) / f"cv{rep}", threads))
+            timed("OpenCV undistort pipeline", lambda: opencv_pipeline(src, Path(tmp) / f"cv{rep}", threads))
             for refine in ("lines", "off"):
-                rates[f"lens run --refine {refine}"].append(lens_pipeline(src, Path(tmp) / f"lens-{refine}{rep}", threads, backend, refine))
+                timed(f"lens run --refine {refine}", lambda: lens_pipeline(src, Path(tmp) / f"lens-{refine}{rep}", threads, backend, refine))
         best = {k: max(v) for k, v in rates.items()}
         print(f"{n} images {size[0]}x{size[1]}, {threads} threads")
         for name, runs in rates.items():
-            print(f"{name:27s} {best[name]:6.2f} images/s  (runs: {', '.join(f'{r:.2f}' for r in runs)})")
+            print(f"{name:27s} {best[name]:6.2f} images/s  (runs: {', '.join(f'{r:.2f}' for r in runs)}); "
+                  f"CPU {float(np.median(cpu_ms[name])):.0f} ms per image (median of rounds)")
         for refine in ("lines", "off"):
             # each round runs the pipelines back to back, so its ratio shares the machine's
             # state: on a shared machine the per-round median is the steadier figure
