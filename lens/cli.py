@@ -411,11 +411,13 @@ def train(
         raise typer.BadParameter(str(exc)) from None
     with _progress(counts=False) as progress:  # a share: of the steps or of --minutes, whichever is further
         task = progress.add_task(f"train {stage}", total=1000, rate="")
-        first = [True]
+        reported = False
 
         def on_step(step: int, loss: float, rate: float, done: float) -> None:
-            if first.pop() if first else False:  # a resumed stage starts part-way: no jump in the time estimate
+            nonlocal reported
+            if not reported:  # a resumed stage starts part-way: no jump in the time estimate
                 progress.reset(task, total=1000, completed=round(done * 1000))
+                reported = True
             progress.update(task, completed=round(done * 1000), rate=f"step {step}  loss {loss:6.3f}  {rate:6.1f} img/s")
 
         t0 = time.perf_counter()
@@ -480,6 +482,8 @@ def evaluate_cmd(
         used = summary["line_fit_used"]
         console.print("line fit: " + ", ".join(f"{k} {v}" for k, v in summary["line_fit"].items())
                       + (f"; EPE where used: mean {used['epe_mean']:.3f} px, max {used['epe_max']:.3f} px" if used["images"] else ""))
+    for source, part in summary.get("by_source", {}).items():
+        console.print(f"mean EPE on {escape(source)} ({part['images']} image{'s' if part['images'] != 1 else ''}): " + ", ".join(f"{k} {v:.3f}" for k, v in part["epe_mean"].items()))
     if json_out:
         _write_json(json_out, summary)
 

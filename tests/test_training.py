@@ -114,12 +114,18 @@ def test_eval_reports_model_and_both_baselines(tmp_path):
     run = tmp_path / "run"
     assert runner.invoke(app, ["train", "--stage", "param", "--run", str(run), *TINY]).exit_code == 0
     out = tmp_path / "eval.json"
-    result = runner.invoke(app, ["eval", "--checkpoint", str(run / "param" / "best.pt"), "--data", "synthetic:workload", "--count", "3", "--json", str(out)])
+    result = runner.invoke(app, ["eval", "--checkpoint", str(run / "param" / "best.pt"), "--data", "synthetic:workload", "--count", "8", "--json", str(out)])
     assert result.exit_code == 0, result.output
     summary = json.loads(out.read_text())
     assert set(summary["methods"]) == {"model", "model+lines", "identity", "best_fixed"}
-    assert summary["methods"]["identity"]["epe_mean"] > 0 and summary["images"] == 3
-    assert sum(summary["line_fit"].values()) == 3
+    assert summary["methods"]["identity"]["epe_mean"] > 0 and summary["images"] == 8
+    assert sum(summary["line_fit"].values()) == 8
+    # every 8th image is the held-out photo: its errors are reported apart from the scenes'
+    parts = summary["by_source"]
+    assert {k: v["images"] for k, v in parts.items()} == {"scene": 7, "photo astronaut.jpg": 1}
+    for name, m in summary["methods"].items():
+        assert abs((7 * parts["scene"]["epe_mean"][name] + parts["photo astronaut.jpg"]["epe_mean"][name]) / 8 - m["epe_mean"]) < 1e-6
+    assert "mean EPE on photo astronaut.jpg (1 image)" in result.output
     if any(code.startswith("refined") for code in summary["line_fit"]):  # held-out scenes: lines to fit
         assert summary["methods"]["model+lines"]["epe_mean"] < summary["methods"]["model"]["epe_mean"]
     assert abs(sum(summary["modes"].values()) - 1) < 1e-9

@@ -157,6 +157,7 @@ class Sample:
     original: np.ndarray  # (H, W, 3) uint8 RGB, distorted
     target: np.ndarray | None  # corrected target, if any
     params: torch.Tensor  # (1, 8) label
+    source: str = "pair"  # what was distorted: "scene" (procedural), "photo <file>", or a real "pair"
 
 
 def synthetic_samples(regime: str, count: int, seed: int = 0, width: int = 2048, height: int = 1366) -> Iterator[Sample]:
@@ -168,9 +169,11 @@ def synthetic_samples(regime: str, count: int, seed: int = 0, width: int = 2048,
     for i in range(count):
         if photos and i % 8 == 7:
             src = cv2.resize(photos[(i // 8) % len(photos)], (width, height), interpolation=cv2.INTER_CUBIC)
+            source = f"photo {VAL_PHOTOS[(i // 8) % len(photos)]}"
         else:
             src = render_scene(VAL_SEED_BASE + 5_000_000 + seed * 10_007 + i, height, width)
+            source = "scene"
         t = torch.from_numpy(src).permute(2, 0, 1)[None].float()
         distorted, target = make_pairs(t, params[i : i + 1])
         to_u8 = lambda x: x[0].permute(1, 2, 0).round().clamp(0, 255).byte().numpy()  # noqa: E731
-        yield Sample(f"{regime}-{i:04d}", to_u8(distorted), to_u8(target), params[i : i + 1])
+        yield Sample(f"{regime}-{i:04d}", to_u8(distorted), to_u8(target), params[i : i + 1], source)
