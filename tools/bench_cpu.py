@@ -1,9 +1,13 @@
 """CPU throughput of `lens run` against a plain OpenCV undistort pipeline, same files, same
 thread count, same process (issue bar: lens >= 0.5x OpenCV).
 
-    python tools/bench_cpu.py [N] [THREADS] [ROUNDS] [WxH]
+    python tools/bench_cpu.py [N] [THREADS] [ROUNDS] [WxH] [photos|scenes]
 
 WxH: the JPEGs' size (default 2048x1367, the issue's; 4000x3000 is a 12 MP camera's).
+Content (what the line fit's cost depends on): ``photos`` (default), the bundled sample photos
+(a portrait, a coffee cup on wood grain, a rocket: much texture, few long lines); ``scenes``,
+the validation set of `lens eval` distorted by workload lenses (procedural rooms and facades,
+every 8th image the held-out portrait), closer to real-estate photos (needs the training extra).
 
 Baseline per image: cv2.imread, getOptimalNewCameraMatrix + initUndistortRectifyMap (known
 k1 = -0.2, k2 = 0.4; maps rebuilt per image, as each photo has its own coefficients) + remap,
@@ -40,6 +44,14 @@ def make_inputs(folder: Path, n: int, size: tuple[int, int] = (2048, 1367)) -> N
         cv2.imwrite(str(folder / f"img{i:03d}.jpg"), img, [cv2.IMWRITE_JPEG_QUALITY, 92])
 
 
+def make_scene_inputs(folder: Path, n: int, size: tuple[int, int] = (2048, 1367)) -> None:
+    from lens.training.batches import synthetic_samples
+
+    folder.mkdir(parents=True)
+    for i, sample in enumerate(synthetic_samples("workload", n, seed=0, width=size[0], height=size[1])):
+        cv2.imwrite(str(folder / f"img{i:03d}.jpg"), cv2.cvtColor(sample.original, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 92])
+
+
 def opencv_pipeline(src: Path, out: Path, threads: int) -> float:
     out.mkdir(parents=True, exist_ok=True)
 
@@ -72,12 +84,12 @@ def cpu_seconds() -> float:
     return sum(r.ru_utime + r.ru_stime for r in (resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)))
 
 
-def main(n: int = 24, threads: int = 2, rounds: int = 3, size: tuple[int, int] = (2048, 1367)) -> None:
+def main(n: int = 24, threads: int = 2, rounds: int = 3, size: tuple[int, int] = (2048, 1367), content: str = "photos") -> None:
     cv2.setNumThreads(1)  # the worker threads are the parallelism, for both pipelines
     backend = OnnxRuntimeBackend(DEFAULT_BUILD, "cpu")
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "in"
-        make_inputs(src, n, size)
+        (make_scene_inputs if content == "scenes" else make_inputs)(src, n, size)
         rates: dict[str, list[float]] = {"OpenCV undistort pipeline": [], "lens run --refine lines": [], "lens run --refine off": []}
         cpu_ms: dict[str, list[float]] = {k: [] for k in rates}
 
@@ -91,7 +103,7 @@ def main(n: int = 24, threads: int = 2, rounds: int = 3, size: tuple[int, int] =
             for refine in ("lines", "off"):
                 timed(f"lens run --refine {refine}", lambda: lens_pipeline(src, Path(tmp) / f"lens-{refine}{rep}", threads, backend, refine))
         best = {k: max(v) for k, v in rates.items()}
-        print(f"{n} images {size[0]}x{size[1]}, {threads} threads")
+        print(f"{n} images {size[0]}x{size[1]} ({content}), {threads} threads")
         for name, runs in rates.items():
             print(f"{name:27s} {best[name]:6.2f} images/s  (runs: {', '.join(f'{r:.2f}' for r in runs)}); "
                   f"CPU {float(np.median(cpu_ms[name])):.0f} ms per image (median of rounds)")
@@ -105,4 +117,7 @@ def main(n: int = 24, threads: int = 2, rounds: int = 3, size: tuple[int, int] =
 
 if __name__ == "__main__":
     size = tuple(int(v) for v in sys.argv[4].split("x")) if len(sys.argv) > 4 else (2048, 1367)
-    main(*(int(a) for a in sys.argv[1:4]), size=size)
+    content = sys.argv[5] if len(sys.argv) > 5 else "photos"
+    if content not in ("photos", "scenes"):
+        sys.exit(f"content must be photos or scenes, not {content!r}")
+    main(*(int(a) for a in sys.argv[1:4]), size=size, content=content)
