@@ -2,6 +2,7 @@
 import json
 
 import numpy as np
+import pytest
 import torch
 from typer.testing import CliRunner
 
@@ -80,20 +81,23 @@ def test_training_is_reproducible_and_resume_continues_exactly(tmp_path):
     assert torch.load(b / "param" / "last.pt", weights_only=True)["step"] == 4 and set(wb) == set(wa)
 
 
-def test_sigterm_saves_the_step_it_stopped_at_and_the_same_command_resumes(tmp_path):
+def test_sigterm_saves_the_step_it_stopped_at_and_the_same_command_resumes(tmp_path, monkeypatch):
     # a scheduler's stop or `timeout` sends SIGTERM: the step in progress finishes, its state is
     # saved, and running the command again carries on from it (a GPU lent for minutes at a
     # time trains one run over several sessions this way)
+    import os
     import signal
     import subprocess
     import sys
     import time
 
+    import lens.training.train as training
+
     run = tmp_path / "run"
     history = run / "param" / "history.jsonl"
     command = [sys.executable, "-m", "lens", "train", "--stage", "param", "--run", str(run), "--steps", "100000", "--batch", "4",
                "--pool-size", "16", "--val-size", "8", "--val-every", "1"]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**__import__("os").environ, "COLUMNS": "200"})
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "COLUMNS": "200"})
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None and not (history.exists() and len(history.read_text().splitlines()) >= 2):
         time.sleep(0.05)
@@ -108,6 +112,10 @@ def test_sigterm_saves_the_step_it_stopped_at_and_the_same_command_resumes(tmp_p
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert torch.load(run / "param" / "last.pt", weights_only=True)["step"] == stopped + 2
     assert [json.loads(line)["step"] for line in history.read_text().splitlines()] == list(range(1, stopped + 3))
+    # once finished, the stage returns its figures without rendering its data again
+    monkeypatch.setattr(training, "build_pool", lambda *a, **k: pytest.fail("a finished stage rendered its pool"))
+    done = training.TrainConfig(stage="param", steps=stopped + 2, batch=4, pool_size=16, val_size=8, val_every=1)
+    assert training.train(done, run) == torch.load(run / "param" / "best.pt", weights_only=True)["val_metrics"]
 
 
 def test_eval_reports_model_and_both_baselines(tmp_path):

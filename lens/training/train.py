@@ -160,6 +160,14 @@ def _rng_state(rng: np.random.Generator) -> dict:
     return rng.bit_generator.state
 
 
+def _finished(last_path: Path, config: TrainConfig) -> bool:
+    """Whether ``last.pt`` holds a stage that reached its steps or its time budget."""
+    if not last_path.exists():
+        return False
+    state = load_checkpoint(last_path)
+    return state["step"] >= config.steps or bool(config.time_budget_s and state.get("elapsed_s", 0.0) >= config.time_budget_s)
+
+
 def train(config: TrainConfig, run_dir: str | Path, parent: str | Path | None = None, resume: bool = True,
           on_step: Callable[[int, float, float, float], None] | None = None) -> dict:
     """Train one stage into ``run_dir/<stage>/``; returns the final validation metrics.
@@ -176,6 +184,10 @@ def train(config: TrainConfig, run_dir: str | Path, parent: str | Path | None = 
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
+    if resume and best_path.exists() and _finished(last_path, config):
+        # nothing left to train: skip rendering the pools (a minute on a GPU box), so that a
+        # run split over sessions passes its finished stages at once
+        return load_checkpoint(best_path)["val_metrics"]
 
     model = LensNet(ModelConfig(**config.model))
     parent_info = None
