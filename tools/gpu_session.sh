@@ -9,8 +9,9 @@
 #   tools/gpu_session.sh OUT_DIR [CHAIN_DIR [TRAIN_S]]
 # CHAIN_DIR (default runs/chain, git-ignored) goes to the device with the device tool's
 # `carry`: the "small" model's run is ~30 MB of the 64 MiB a call takes (weights, Adam moments,
-# best.pt), so carry nothing else beside it. Back on this machine, unpack what came back:
-#   cat FILES_AT/chain.tar.part* | tar -xf - -C runs/chain
+# best.pt), so carry nothing else beside it. The call, and unpacking what came back here:
+#   run(command="tools/gpu_session.sh $OUT runs/chain", carry=["runs/chain"], timeout_s=590)
+#   mkdir -p runs/chain && cat FILES_AT/chain.tar.part* | tar -xf - -C runs/chain
 # Model, data and stage budgets: the environment of tools/train_default.sh (BACKBONE, BATCH,
 # POOL, ...) and M1 M2 M3, each stage's total minutes over all sessions (default 60 6 4).
 # DEVICE=cpu runs the training part on a CPU (to try the script). Needs torch with CUDA,
