@@ -61,6 +61,20 @@ def test_three_stages_chain_resume_and_record_provenance(tmp_path):
     assert ckpt["train_config"]["seed"] == 0
 
 
+def test_a_resumed_stage_needs_only_its_own_checkpoint(tmp_path):
+    # a run carried to a lent GPU takes the stage it trains, not its parent's files
+    run = tmp_path / "run"
+    two = [x if x != "4" else "2" for x in TINY]
+    assert runner.invoke(app, ["train", "--stage", "param", "--run", str(run), *TINY]).exit_code == 0
+    assert runner.invoke(app, ["train", "--stage", "hybrid", "--run", str(run), *two]).exit_code == 0
+    parent = torch.load(run / "hybrid" / "last.pt", weights_only=True)["parent"]
+    (run / "param" / "best.pt").unlink()
+    result = runner.invoke(app, ["train", "--stage", "hybrid", "--run", str(run), *TINY])
+    assert result.exit_code == 0, result.output
+    last = torch.load(run / "hybrid" / "last.pt", weights_only=True)
+    assert last["step"] == 4 and last["parent"] == parent and parent["stage"] == "param"
+
+
 def test_training_is_reproducible_and_resume_continues_exactly(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     assert runner.invoke(app, ["train", "--stage", "param", "--run", str(a), *TINY]).exit_code == 0

@@ -7,11 +7,17 @@
 # mean lens, MODEL_CARD.md): each session resumes it from CHAIN_DIR and hands the stages it
 # changed back through OUT_DIR.
 #   tools/gpu_session.sh OUT_DIR [CHAIN_DIR [TRAIN_S]]
-# CHAIN_DIR (default runs/chain, git-ignored) goes to the device with the device tool's
-# `carry`: the "small" model's run is ~30 MB of the 64 MiB a call takes (weights, Adam moments,
-# best.pt), so carry nothing else beside it. The call, and unpacking what came back here:
-#   run(command="tools/gpu_session.sh $OUT runs/chain", carry=["runs/chain"], timeout_s=590)
-#   mkdir -p runs/chain && cat FILES_AT/chain.tar.part* | tar -xf - -C runs/chain
+# CHAIN_DIR (default runs/chain, git-ignored) stays on this machine; a call carries (the device
+# tool's `carry`, 64 MiB a call with the ~31 MB of tracked files) only the stage in progress:
+# its last.pt (weights, Adam moments: ~22 MB for "small") and history.jsonl, with FROM_STAGE
+# naming it; a stage's first call carries its parent's best.pt instead (a resumed stage needs
+# only its own last.pt). Earlier stages are finished and stay here. E.g. mid-param, and
+# unpacking what came back:
+#   run(command="tools/gpu_session.sh $OUT runs/chain", timeout_s=590,
+#       carry=["runs/chain/param/last.pt", "runs/chain/param/history.jsonl"])
+#   cat FILES_AT/chain.tar.part* | tar -xf - -C runs/chain
+# and hybrid's first call: command="FROM_STAGE=hybrid tools/gpu_session.sh $OUT runs/chain",
+# carry=["runs/chain/param/best.pt"].
 # Model, data and stage budgets: the environment of tools/train_default.sh (BACKBONE, BATCH,
 # POOL, ...) and M1 M2 M3, each stage's total minutes over all sessions (default 60 6 4).
 # DEVICE=cpu runs the training part on a CPU (to try the script). Needs torch with CUDA,

@@ -5,7 +5,8 @@
 # Model and data through the environment (defaults in brackets): BACKBONE [small],
 # INPUT_WIDTH [240], SOURCE_WIDTH [0: twice the input width], POOL [3000] sources for the
 # param stage, STAGE_POOL [POOL] for the two later ones, BATCH [128], WORKERS [cores - 2],
-# TRAIN_FLAGS [none] added to every stage (e.g. --cuda-graphs on a GPU).
+# TRAIN_FLAGS [none] added to every stage (e.g. --cuda-graphs on a GPU), FROM_STAGE [param]
+# the first stage to run (the earlier ones are finished, and need not be in RUN_DIR).
 # On a GPU: BACKBONE=small-hr INPUT_WIDTH=480 SOURCE_WIDTH=1280 tools/train_default.sh runs/hr cuda 4 0.6 0.4
 # Resumable: each stage resumes from RUN_DIR/<stage>/last.pt, a finished stage is skipped, and
 # the minutes are each stage's total training time across calls. Ctrl-C or SIGTERM (`timeout`,
@@ -22,7 +23,9 @@ POOL=${POOL:-3000}; STAGE_POOL=${STAGE_POOL:-$POOL}
 WORKERS=${WORKERS:-$(( $(nproc) > 2 ? $(nproc) - 2 : 1 ))}
 common=(--run "$RUN" --device "$DEVICE" --workers "$WORKERS" --batch "${BATCH:-128}" --val-size 256 --val-every 250
         --steps 1000000 --seed 0 --source-width "${SOURCE_WIDTH:-0}" ${TRAIN_FLAGS:-})
-"$PY" -m lens train --stage param    "${common[@]}" --pool-size "$POOL" --minutes "$M1" --lr 1e-3 \
+case ${FROM_STAGE:-param} in param) first=1 ;; hybrid) first=2 ;; finetune) first=3 ;;
+  *) echo "FROM_STAGE must be param, hybrid or finetune" >&2; exit 2 ;; esac
+[ "$first" -le 1 ] && "$PY" -m lens train --stage param "${common[@]}" --pool-size "$POOL" --minutes "$M1" --lr 1e-3 \
       --backbone "${BACKBONE:-small}" --input-width "${INPUT_WIDTH:-240}"
-"$PY" -m lens train --stage hybrid   "${common[@]}" --pool-size "$STAGE_POOL" --minutes "$M2" --lr 3e-4
+[ "$first" -le 2 ] && "$PY" -m lens train --stage hybrid "${common[@]}" --pool-size "$STAGE_POOL" --minutes "$M2" --lr 3e-4
 "$PY" -m lens train --stage finetune "${common[@]}" --pool-size "$STAGE_POOL" --minutes "$M3" --lr 1e-4

@@ -189,9 +189,18 @@ def train(config: TrainConfig, run_dir: str | Path, parent: str | Path | None = 
         # run split over sessions passes its finished stages at once
         return load_checkpoint(best_path)["val_metrics"]
 
+    state = load_checkpoint(last_path) if resume and last_path.exists() else None
+    if state is not None and state["stage"] != config.stage:
+        raise ValueError(f"{last_path}: holds stage {state['stage']}, not {config.stage}")
     model = LensNet(ModelConfig(**config.model))
     parent_info = None
-    if PARENT_STAGE[config.stage] is not None:
+    if PARENT_STAGE[config.stage] is not None and state is not None:
+        # resuming: last.pt holds the model and its parent's record, so the parent file need
+        # not be here (a run carried to a lent GPU takes only the stage it trains)
+        model = model_from_checkpoint(state).train()
+        config.model = model.config.to_dict()
+        parent_info = state["parent"]
+    elif PARENT_STAGE[config.stage] is not None:
         parent = Path(parent) if parent else run_dir / PARENT_STAGE[config.stage] / "best.pt"
         pckpt = load_checkpoint(parent)
         if pckpt["stage"] != PARENT_STAGE[config.stage]:
@@ -230,10 +239,7 @@ def train(config: TrainConfig, run_dir: str | Path, parent: str | Path | None = 
     clock["start"] = time.perf_counter()  # the budget is training time, not pool rendering
 
     step, best = 0, float("inf")
-    if resume and last_path.exists():
-        state = load_checkpoint(last_path)
-        if state["stage"] != config.stage:
-            raise ValueError(f"{last_path}: holds stage {state['stage']}, not {config.stage}")
+    if state is not None:
         model.load_state_dict(state["model"])
         optim.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
