@@ -8,13 +8,12 @@
 # changed back through OUT_DIR.
 #   tools/gpu_session.sh OUT_DIR [CHAIN_DIR [TRAIN_S]]
 # CHAIN_DIR (default runs/chain, git-ignored) stays on this machine; a call carries (the device
-# tool's `carry`, 64 MiB a call with the ~31 MB of tracked files) only the stage in progress:
-# its last.pt (weights, Adam moments: ~22 MB for "small") and history.jsonl, with FROM_STAGE
-# naming it; a stage's first call carries its parent's best.pt instead (a resumed stage needs
-# only its own last.pt). Earlier stages are finished and stay here. E.g. mid-param, and
-# unpacking what came back:
-#   run(command="tools/gpu_session.sh $OUT runs/chain", timeout_s=590,
-#       carry=["runs/chain/param/last.pt", "runs/chain/param/history.jsonl"])
+# tool's `carry`, 64 MiB a call with the ~31 MB of tracked files) only the stage in progress,
+# its folder (last.pt with weights and Adam moments, best.pt, history.jsonl: ~30 MB for
+# "small"), with FROM_STAGE naming it; a stage's first call carries its parent's best.pt
+# instead (a resumed stage needs only its own folder). Earlier stages are finished and stay
+# here. E.g. mid-param, and unpacking what came back:
+#   run(command="tools/gpu_session.sh $OUT runs/chain", carry=["runs/chain/param"], timeout_s=590)
 #   cat FILES_AT/chain.tar.part* | tar -xf - -C runs/chain
 # and hybrid's first call: command="FROM_STAGE=hybrid tools/gpu_session.sh $OUT runs/chain",
 # carry=["runs/chain/param/best.pt"].
