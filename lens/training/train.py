@@ -160,11 +160,8 @@ def _rng_state(rng: np.random.Generator) -> dict:
     return rng.bit_generator.state
 
 
-def _finished(last_path: Path, config: TrainConfig) -> bool:
-    """Whether ``last.pt`` holds a stage that reached its steps or its time budget."""
-    if not last_path.exists():
-        return False
-    state = load_checkpoint(last_path)
+def _finished(state: dict, config: TrainConfig) -> bool:
+    """Whether a ``last.pt`` state reached its stage's steps or time budget."""
     return state["step"] >= config.steps or bool(config.time_budget_s and state.get("elapsed_s", 0.0) >= config.time_budget_s)
 
 
@@ -184,14 +181,13 @@ def train(config: TrainConfig, run_dir: str | Path, parent: str | Path | None = 
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
-    if resume and best_path.exists() and _finished(last_path, config):
-        # nothing left to train: skip rendering the pools (a minute on a GPU box), so that a
-        # run split over sessions passes its finished stages at once
-        return load_checkpoint(best_path)["val_metrics"]
-
     state = load_checkpoint(last_path) if resume and last_path.exists() else None
     if state is not None and state["stage"] != config.stage:
         raise ValueError(f"{last_path}: holds stage {state['stage']}, not {config.stage}")
+    if state is not None and best_path.exists() and _finished(state, config):
+        # nothing left to train: skip rendering the pools (a minute on a GPU box), so that a
+        # run split over sessions passes its finished stages at once
+        return load_checkpoint(best_path)["val_metrics"]
     model = LensNet(ModelConfig(**config.model))
     parent_info = None
     if PARENT_STAGE[config.stage] is not None and state is not None:
