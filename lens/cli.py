@@ -394,7 +394,9 @@ def train(
     cuda_graphs: bool = typer.Option(False, help="Replay each step as a CUDA graph (GPU only; see lens/training/captured_step.py)."),
     resume: bool = typer.Option(True, help="Resume from `<run>/<stage>/last.pt` when present."),
 ) -> None:
-    """Train one stage; an interrupted run resumes where it stopped."""
+    """Train one stage; an interrupted run resumes where it stopped. Ctrl-C or SIGTERM lets the
+    step in progress finish and saves the state (exit 130 / 143); the same command carries on,
+    with --minutes counting the stage's training time over all its runs."""
     _require_torch("train")
     import time
 
