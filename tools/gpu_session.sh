@@ -12,11 +12,17 @@
 # its folder (last.pt with weights and Adam moments, best.pt, history.jsonl: ~30 MB for
 # "small"), with FROM_STAGE naming it; a stage's first call carries its parent's best.pt
 # instead (a resumed stage needs only its own folder). Earlier stages are finished and stay
-# here. E.g. mid-param, and unpacking what came back:
-#   run(command="tools/gpu_session.sh $OUT runs/chain", carry=["runs/chain/param"], timeout_s=590)
-#   cat FILES_AT/chain.tar.part* | tar -xf - -C runs/chain
-# and hybrid's first call: command="FROM_STAGE=hybrid tools/gpu_session.sh $OUT runs/chain",
-# carry=["runs/chain/param/best.pt"].
+# here. The first call starts the run, so it carries nvImageCodec's wheels (`.whl`, 28 MB) for
+# the benchmark's GPU codec rows and the GPU tests instead:
+#   run(command="python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir
+#       --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site &&
+#       tools/gpu_session.sh $OUT runs/chain", carry=[".whl"], timeout_s=590)
+# Later calls, e.g. mid-param, and unpacking what came back:
+#   run(command="TRAIN_ONLY=1 tools/gpu_session.sh $OUT runs/chain 540",
+#       carry=["runs/chain/param"], timeout_s=590)
+#   mkdir -p runs/chain && cat FILES_AT/chain.tar.part* | tar -xf - -C runs/chain
+# and hybrid's first call: command="TRAIN_ONLY=1 FROM_STAGE=hybrid tools/gpu_session.sh $OUT
+# runs/chain 540", carry=["runs/chain/param/best.pt"]. TRAIN_S includes rendering the data.
 # Model, data and stage budgets: the environment of tools/train_default.sh (BACKBONE, BATCH,
 # POOL, ...) and M1 M2 M3, each stage's total minutes over all sessions (default 60 6 4).
 # DEVICE=cpu runs the training part on a CPU (to try the script). Needs torch with CUDA,
