@@ -168,9 +168,11 @@ def evaluate(model: LensNet, samples: Iterator[Sample], use_flow: bool, fixed: t
             "ssim": float(np.mean(sims[name])) if sims[name] else None,
         }
     if len(set(sources)) > 1:
-        summary["by_source"] = {
-            source: {"images": int(np.sum(mask)), "epe_mean": {name: float(np.array(errs)[mask].mean()) for name, errs in rows.items()}}
-            for source in sorted(set(sources)) for mask in [np.array(sources) == source]}
+        labels, errors = np.array(sources), {name: np.array(errs) for name, errs in rows.items()}
+        summary["by_source"] = {}
+        for source in sorted(set(sources)):
+            mask = labels == source
+            summary["by_source"][source] = {"images": int(mask.sum()), "epe_mean": {name: float(e[mask].mean()) for name, e in errors.items()}}
     summary["best_fixed_params"] = LensParams.from_sequence(fixed[0].tolist()).as_dict()
     return summary
 
