@@ -30,6 +30,7 @@ from lens.conventions import PARAM_NAMES, SAFETY_STATS
 from lens.runtime.backends import Backend
 from lens.runtime.io import DecodedImage, ImageReadError, encode_image, list_images, output_format, read_image, splice_jpeg_metadata, write_atomic
 from lens.runtime.lens_maps import correction_maps, lattice_safety, maps_from_lattice
+from lens.runtime.memory import keep_freed_memory
 from lens.runtime.metadata import IMAGES_FILE, RUN_DIR, SUMMARY_FILE
 from lens.runtime.policy import MODES, SafetyThresholds, reasons_from_masks, violations
 from lens.runtime.run_folder import RunRefused, clean_stale_temporaries, exclusive, hold_to_settings, read_records, source_stat
@@ -383,6 +384,7 @@ def run(src: Path, out: Path, backend: Backend, options: RunOptions, info: dict,
     ``on_image``: called with each new record; ``on_skipped``: once, with the number of images
     ``--resume`` skips. Raises `RunRefused` before writing anything if another run holds
     ``out`` or ``--resume`` finds other settings there."""
+    keep_freed_memory()  # each photo's buffers are reused instead of zero-filled again by the kernel
     run_dir = out / RUN_DIR
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
