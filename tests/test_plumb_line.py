@@ -220,10 +220,10 @@ def test_lens_run_applies_the_line_fit_and_records_it(tmp_path):
 
 def _segments_through(lens, noise_px: float, height: int = 1366, width: int = 2048):
     """16 straight 400-px segments, seeded, seen through ``lens`` with edge noise: the fit's
-    lines (`lens.runtime.plumb_line._Lines`)."""
+    lines (`lens.runtime.plumb_line.lines._Lines`)."""
     from lens.geometry import distort
     from lens.runtime.lens_maps import camera_px
-    from lens.runtime.plumb_line import _Lines, _moments
+    from lens.runtime.plumb_line.lines import _Lines, _moments
 
     f, cx, cy = camera_px(lens, height, width)
     rng = np.random.default_rng(0)
@@ -245,7 +245,9 @@ def test_a_fit_that_moves_the_warp_far_needs_strong_evidence(noise_px, used):
     # clearly (F = 27); through more edge noise they prefer it only a little (F = 3.1, above
     # the plain evidence bar of 2): gravel at 4000 px was bent straight like that, 56 px worse
     # than the network's lens, and such a move now needs F >= 5.
-    from lens.runtime.plumb_line import RADIAL, _check, line_residuals
+    from lens.runtime.plumb_line.acceptance import _check
+    from lens.runtime.plumb_line.lines import line_residuals
+    from lens.runtime.plumb_line.objective import RADIAL
 
     true = np.array(LENSES["workload"], float)
     lines = _segments_through(true, noise_px)
