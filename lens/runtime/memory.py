@@ -10,8 +10,10 @@ it: ~1,100 page faults and 10-13 ms of system time per photo in `lens run` on 2 
 from the heap and the heap kept up to `TRIM_THRESHOLD`, the next photo reuses the same pages:
 4-6 ms of system time per photo (`tools/bench_cpu.py`, interleaved processes).
 
-The cost is that a process keeps up to `TRIM_THRESHOLD` of freed memory mapped; a run's working
-set is the same for every photo of one size, so it stays near its peak anyway. Only glibc has
+The cost is that a process keeps up to `TRIM_THRESHOLD` of freed memory mapped. A run's working
+set is the same for every photo of one size, so it stays near its peak anyway: 2 workers on
+2048 x 1367 photos peaked at 293 MB either way; on photos of six sizes from 1024 to 4000 px,
+interleaved, at 636 MB against 537-582 MB, the same on every repeat. Only glibc has
 ``mallopt``; elsewhere (musl, macOS, Windows) this does nothing.
 """
 from __future__ import annotations
