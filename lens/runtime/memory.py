@@ -13,13 +13,16 @@ from the heap and the heap kept up to `TRIM_THRESHOLD`, the next photo reuses th
 The cost is that a process keeps up to `TRIM_THRESHOLD` of freed memory mapped. A run's working
 set is the same for every photo of one size, so it stays near its peak anyway: 2 workers on
 2048 x 1367 photos peaked at 293 MB either way; on photos of six sizes from 1024 to 4000 px,
-interleaved, at 636 MB against 537-582 MB, the same on every repeat. Only glibc has
-``mallopt``; elsewhere (musl, macOS, Windows) this does nothing.
+interleaved, at 636 MB against 537-582 MB, the same on every repeat. A service that runs
+`lens.runtime.pipeline.run` among other work and would rather hand memory back sets
+``LENS_KEEP_FREED_MEMORY=0``. Only glibc has ``mallopt``; elsewhere (musl, macOS, Windows) this
+does nothing.
 """
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 import platform
 import sys
 
@@ -35,11 +38,13 @@ _done: bool | None = None
 
 
 def keep_freed_memory() -> bool:
-    """Set glibc's allocator to reuse large freed blocks (once per process); True if it did."""
+    """Set glibc's allocator to reuse large freed blocks (once per process); True if it did
+    (False elsewhere, or with ``LENS_KEEP_FREED_MEMORY=0``)."""
     global _done
     if _done is None:
         _done = False
-        if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":
+        wanted = os.environ.get("LENS_KEEP_FREED_MEMORY", "1") != "0"
+        if wanted and sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":
             try:
                 libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
                 # mallopt returns 1 on success, 0 if it refused the value
