@@ -11,11 +11,11 @@ from onnx import TensorProto, helper
 from typer.testing import CliRunner
 
 from lens.cli import app
-from lens.export.build import ONNX_CPU, ONNX_FULL
+from lens.export.build import ONNX_FULL
 from lens.export.graph import SAMPLED_OUTPUTS, LensGraph
 from lens.export.lint import lint
 from lens.export.onnx_export import export_onnx, symbolic_shapes
-from lens.runtime.backends import DEFAULT_BUILD
+from lens.runtime.backends import DEFAULT_BUILD, ONNX_CPU_NETWORK, ONNX_CPU_WARP, ONNX_CPU_WHOLE
 from lens.training.checkpoint import load_checkpoint, model_from_checkpoint
 
 runner = CliRunner(env={"COLUMNS": "200", "TERMINAL_WIDTH": "200"})
@@ -34,15 +34,17 @@ def build(tmp_path_factory):
 
 def test_export_writes_checked_graphs_and_a_manifest(build):
     manifest = json.loads((build / "manifest.json").read_text())
-    assert {o["file"] for o in manifest["onnx"]} == {ONNX_FULL, ONNX_CPU}
+    assert {o["file"] for o in manifest["onnx"]} == {ONNX_FULL, ONNX_CPU_NETWORK, ONNX_CPU_WARP}
+    assert not (build / ONNX_CPU_WHOLE).exists()  # the CPU graph ships as its two halves only
     assert manifest["opset"] == 18 and manifest["precision"] == "fp32"
     assert manifest["engines"] == [] and "TensorRT" in manifest["engine_note"]
     assert manifest["checkpoint"]["sha256"] and manifest["versions"]["onnxruntime"]
     assert manifest["profile"]["opt"] == [4, 3, 1367, 2048]
     shapes = symbolic_shapes(build / ONNX_FULL)
     assert shapes["image"] == ["B", 3, "H", "W"] and shapes["corrected"] == ["B", 3, "H", "W"]
-    cpu = symbolic_shapes(build / ONNX_CPU)
-    assert cpu["quarter"] == ["B", 3, "h", "w"] and cpu["frame"] == [0, "H", "W"] and cpu["lattice"][:2] == ["B", 2]
+    network, warp = symbolic_shapes(build / ONNX_CPU_NETWORK), symbolic_shapes(build / ONNX_CPU_WARP)
+    assert network["quarter"] == ["B", 3, "h", "w"] and network["frame"] == [0, "H", "W"] and network["params"] == ["B", 8]
+    assert warp["params"] == ["B", 8] and warp["frame"] == [0, "H", "W"] and warp["lattice"][:2] == ["B", 2]
     assert lint(build / ONNX_FULL) == []
 
 

@@ -218,6 +218,45 @@ def test_lens_run_applies_the_line_fit_and_records_it(tmp_path):
     assert (again / "facade.png").read_bytes() == (tmp_path / "lines" / "facade.png").read_bytes()
 
 
+def test_where_the_line_fit_replaces_the_warp_the_cpu_graphs_warp_half_is_skipped_and_no_byte_changes(tmp_path):
+    """The CPU graph ships as two halves (network; the modes' statistics, choice and warp). With
+    the line fit, the warp half runs only for photos whose fit is not applied; the outputs are
+    the bytes the whole graph gives, and the record of a refitted photo holds the applied
+    warp's statistics."""
+    import json
+
+    from lens.runtime.backends import DEFAULT_BUILD, OnnxRuntimeBackend
+    from lens.runtime.pipeline import RunOptions, run
+
+    true = torch.tensor([LENSES["workload"]], dtype=torch.float32)
+    source = torch.from_numpy(render_scene(VAL_SEED_BASE + 17, H, W, "facade")).permute(2, 0, 1)[None].float()
+    distorted, _ = make_pairs(source, true)
+    src = tmp_path / "in"
+    src.mkdir()
+    cv2.imwrite(str(src / "facade.png"), cv2.cvtColor(distorted[0].permute(1, 2, 0).round().clamp(0, 255).byte().numpy(), cv2.COLOR_RGB2BGR))
+    cv2.imwrite(str(src / "portrait.jpg"), cv2.cvtColor(cv2.resize(load_photo("astronaut.jpg"), (W, H)), cv2.COLOR_RGB2BGR))
+    backend = OnnxRuntimeBackend(DEFAULT_BUILD, "cpu")
+    warped = []
+    infer_warp = backend.infer_warp
+    backend.infer_warp = lambda network, *a, **k: warped.append(1) or infer_warp(network, *a, **k)
+    outputs, records = {}, {}
+    for split in (True, False):
+        backend.splits_lattice = split
+        out = tmp_path / f"split_{split}"
+        run(src, out, backend, RunOptions(workers=1, refine="lines"), {})
+        outputs[split] = {p.name: p.read_bytes() for p in out.glob("*.*") if p.is_file()}
+        records[split] = {r["id"]: r for r in map(json.loads, (out / "lens-run" / "images.jsonl").read_text().splitlines())}
+        if split:
+            assert len(warped) == 1  # the portrait's; the facade's fit replaced the warp
+    assert outputs[True] == outputs[False] and len(outputs[True]) == 2
+    facade, portrait = records[True]["facade"], records[True]["portrait"]
+    assert facade["lines"]["applied"] and not portrait["lines"]["applied"]
+    assert set(facade["safety"]) == {"param_only"} and facade["reasons"] == ["hybrid:replaced_by_line_fit"]
+    assert facade["safety"]["param_only"] == records[False]["facade"]["safety"]["param_only"]
+    assert facade["mode"] == records[False]["facade"]["mode"] == "param_only" and facade["params"] == records[False]["facade"]["params"]
+    assert portrait["safety"] == records[False]["portrait"]["safety"] and portrait["reasons"] == records[False]["portrait"]["reasons"]
+
+
 def _segments_through(lens, noise_px: float, height: int = 1366, width: int = 2048):
     """16 straight 400-px segments, seeded, seen through ``lens`` with edge noise: the fit's
     lines (`lens.runtime.plumb_line.lines._Lines`)."""

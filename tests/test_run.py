@@ -16,7 +16,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from lens.cli import app
-from lens.runtime.backends import DEFAULT_BUILD, ONNX_CPU, ONNX_FULL
+from lens.runtime.backends import DEFAULT_BUILD, ONNX_CPU_NETWORK, ONNX_CPU_WARP, ONNX_CPU_WHOLE, ONNX_FULL
 
 runner = CliRunner(env={"COLUMNS": "200", "TERMINAL_WIDTH": "200"})
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
@@ -57,7 +57,9 @@ def test_default_model_corrects_a_folder_and_records_everything(tmp_path, photos
     for r in records:
         assert r["status"] == "ok" and r["mode"] in ("hybrid", "param_only", "param_only_conservative")
         assert set(r["params"]) == {"k1", "k2", "k3", "p1", "p2", "focal", "cx", "cy"}
-        assert set(r["safety"]) == {"hybrid", "param_only", "param_only_conservative"}
+        # a photo whose lens the line fit replaced carries the applied warp's statistics only
+        applied = r.get("lines", {}).get("applied")
+        assert set(r["safety"]) == ({"param_only"} if applied else {"hybrid", "param_only", "param_only_conservative"})
         assert {"decode_ms", "infer_ms", "warp_ms", "encode_ms"} <= set(r["timings_ms"])
     summary = json.loads((out / "lens-run" / "summary.json").read_text())
     assert summary["ok"] == 9 and not summary["failed"]
@@ -358,17 +360,18 @@ def test_cpu_sampling_path_matches_the_graphs_gridsample(width):
     edges)."""
     import onnxruntime as ort
 
-    from lens.runtime.backends import lattice_feed
+    from lens.runtime.backends import lattice_feed, run_cpu_halves
     from lens.runtime.lens_maps import maps_from_lattice
     from lens.runtime.sampling import warp_with_maps
 
     full = ort.InferenceSession(str(DEFAULT_BUILD / ONNX_FULL), providers=["CPUExecutionProvider"])
-    cpu = ort.InferenceSession(str(DEFAULT_BUILD / ONNX_CPU), providers=["CPUExecutionProvider"])
+    halves = [ort.InferenceSession(str(DEFAULT_BUILD / n), providers=["CPUExecutionProvider"]) for n in (ONNX_CPU_NETWORK, ONNX_CPU_WARP)]
     for name, mode in (("rocket.jpg", -1), ("coffee.jpg", -1), ("coffee.jpg", 1), ("rocket.jpg", 2)):
         rgb = _small(name, width)
         modes = np.array([mode], dtype=np.int64)
         params, chosen, corrected = full.run(["params", "mode", "corrected"], {"image": np.ascontiguousarray(rgb.transpose(2, 0, 1))[None], "mode_override": modes})
-        cpu_params, cpu_chosen, lattice = cpu.run(["params", "mode", "lattice"], lattice_feed(rgb[None], modes))
+        cpu = run_cpu_halves(*halves, lattice_feed(rgb[None], modes))
+        cpu_params, cpu_chosen, lattice = cpu["params"], cpu["mode"], cpu["lattice"]
         assert np.array_equal(cpu_params, params) and cpu_chosen == chosen
         ours = warp_with_maps(rgb, *maps_from_lattice(lattice[0, 0], lattice[0, 1], *rgb.shape[:2]))
         diff = np.abs(ours.astype(int) - corrected[0].transpose(1, 2, 0).astype(int))
@@ -426,9 +429,9 @@ def test_default_workers_follow_the_container_cpu_quota(tmp_path, monkeypatch):
     assert usable_cores(v1, self_cgroup) == 2
 
 
-def test_a_build_exported_before_the_lattice_cpu_graph_is_refused_with_the_command_to_fix_it(tmp_path, photos):
-    # lens_cpu.onnx once took the full image and returned full-size maps; the runtime now feeds
-    # it every other pixel, which such a graph would reject with an ONNX Runtime input error
+def test_a_build_exported_before_the_cpu_graph_was_cut_in_two_is_refused_with_the_command_to_fix_it(tmp_path, photos):
+    # the CPU graph was once one file, lens_cpu.onnx (at first taking the full image and
+    # returning full-size maps); the runtime now runs its two halves
     from onnx import TensorProto, helper, save
 
     build = tmp_path / "build"
@@ -439,7 +442,7 @@ def test_a_build_exported_before_the_lattice_cpu_graph_is_refused_with_the_comma
         [helper.make_node("Cast", ["image"], ["maps"], to=TensorProto.FLOAT), helper.make_node("Identity", ["mode_override"], ["mode"])], "old",
         [helper.make_tensor_value_info("image", TensorProto.UINT8, ["B", 3, "H", "W"]), helper.make_tensor_value_info("mode_override", TensorProto.INT64, ["B"])],
         [helper.make_tensor_value_info("maps", TensorProto.FLOAT, ["B", 3, "H", "W"]), helper.make_tensor_value_info("mode", TensorProto.INT64, ["B"])])
-    save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(build / ONNX_CPU))
+    save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(build / ONNX_CPU_WHOLE))
     result = _run(photos, tmp_path / "out", "--build", build, "--device", "cpu")
     assert result.exit_code == 2
     assert "exported by an older lens; export it again: lens export --checkpoint" in result.output.replace("\n", " ")

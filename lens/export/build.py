@@ -3,15 +3,19 @@
 Artefacts in the output folder:
 
 - ``lens.onnx``: `LensGraph` with the full-resolution GridSample (GPU backends, TensorRT);
-- ``lens_cpu.onnx``: the same network and decisions, reading every other pixel and row and
-  ending in the fused grid on a lattice (the CPU backend enlarges it into maps for OpenCV);
+- ``lens_cpu_network.onnx`` and ``lens_cpu_warp.onnx``: `LensMapsGraph`, the same network and
+  decisions reading every other pixel and row and ending in the fused grid on a lattice (the
+  CPU backend enlarges it into maps for OpenCV), exported as one graph and cut in two where the
+  network's outputs enter the geometry (`cut_cpu_graph`), so that the runtime can skip the
+  warp half where the line fit replaces the network's warp;
 - ``lens.engine`` where TensorRT and a GPU exist;
 - ``checkpoint.pt``: the checkpoint exported (for parity and the torch backend);
 - ``manifest.json``: hashes, opset, precision, shape profile, versions, GPU.
 
-Every ONNX file passes, before the export reports success: ``onnx.checker`` (full check),
+Every ONNX graph passes, before the export reports success: ``onnx.checker`` (full check),
 shape inference with B, H and W still symbolic, an ONNX Runtime session at two image sizes,
-and the TensorRT lint (`lens.export.lint`).
+and the TensorRT lint (`lens.export.lint`); the CPU graph's two halves, run one after the
+other, must give its outputs bit for bit at both sizes.
 """
 from __future__ import annotations
 
@@ -28,12 +32,21 @@ from lens.export.graph import LATTICE_OUTPUTS, SAMPLED_OUTPUTS, LensGraph, LensM
 from lens.export.lint import lint
 from lens.export.onnx_export import OPSET, export_onnx, symbolic_shapes
 from lens.export.tensorrt_build import ShapeProfile, TensorRTUnavailable, build_engine
-from lens.runtime.backends import LATTICE_INPUTS
+from lens.runtime.backends import (
+    LATTICE_INPUTS,
+    NETWORK_OUTPUTS,
+    ONNX_CPU_NETWORK,
+    ONNX_CPU_WARP,
+    ONNX_CPU_WHOLE,
+    WARP_INPUTS,
+    WARP_OUTPUTS,
+    lattice_feed,
+    run_cpu_halves,
+)
 from lens.runtime.io import write_atomic
 from lens.training.checkpoint import load_checkpoint, model_from_checkpoint, sha256_file
 
 ONNX_FULL = "lens.onnx"
-ONNX_CPU = "lens_cpu.onnx"
 ENGINE = "lens.engine"
 MANIFEST = "manifest.json"
 CHECKPOINT_COPY = "checkpoint.pt"  # the build carries its checkpoint: parity and the torch backend need it
@@ -56,7 +69,6 @@ def check_onnx(path: Path, sampled: bool) -> None:
     """Full checker, symbolic shapes, two-size ONNX Runtime run, TensorRT lint; raises on failure."""
     import onnxruntime as ort
 
-    from lens.runtime.backends import lattice_feed
     from lens.runtime.lens_maps import map_lattice_size
 
     model = onnx.load(str(path))
@@ -86,6 +98,31 @@ def check_onnx(path: Path, sampled: bool) -> None:
             raise ExportCheckFailed(f"{path.name}: non-finite parameters at {h}x{w}")
 
 
+def cut_cpu_graph(whole: Path, out_dir: Path) -> tuple[Path, Path]:
+    """`LensMapsGraph`'s ONNX file cut into its network half (`LATTICE_INPUTS` -> `NETWORK_OUTPUTS`)
+    and its warp half (`WARP_INPUTS` -> `WARP_OUTPUTS`), written to ``out_dir``; raises unless,
+    at both `CHECK_SIZES`, the halves run one after the other give the whole graph's outputs
+    bit for bit."""
+    import onnxruntime as ort
+    from onnx.utils import extract_model
+
+    network, warp = out_dir / ONNX_CPU_NETWORK, out_dir / ONNX_CPU_WARP
+    for path, inputs, outputs in ((network, LATTICE_INPUTS, NETWORK_OUTPUTS), (warp, WARP_INPUTS, WARP_OUTPUTS)):
+        part = path.with_name(f".{path.name}.part")
+        extract_model(str(whole), str(part), list(inputs), list(outputs))  # runs onnx.checker on the result
+        part.replace(path)
+    sessions = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for p in (whole, network, warp)]
+    rng = np.random.default_rng(1)
+    for h, w in CHECK_SIZES:
+        feed = lattice_feed(rng.integers(0, 256, (2, h, w, 3), dtype=np.uint8), np.array([-1, 2], dtype=np.int64))
+        expected = dict(zip([o.name for o in sessions[0].get_outputs()], sessions[0].run(None, feed)))
+        got = run_cpu_halves(sessions[1], sessions[2], feed)
+        differ = [k for k in expected if not np.array_equal(expected[k], got[k])]
+        if differ:
+            raise ExportCheckFailed(f"{network.name} + {warp.name}: at {h}x{w} the halves differ from the whole graph in {', '.join(differ)}")
+    return network, warp
+
+
 def _versions() -> dict:
     import onnxruntime
 
@@ -110,7 +147,7 @@ def export(checkpoint: Path, out_dir: Path, precision: str = "fp32", profile: Sh
     variants = (
         (ONNX_FULL, LensGraph, (torch.randint(0, 256, (2, 3, 96, 144), dtype=torch.uint8), modes), ("image", "mode_override"),
          {"image": {0: "B", 2: "H", 3: "W"}, "mode_override": {0: "B"}}, SAMPLED_OUTPUTS),
-        (ONNX_CPU, LensMapsGraph, (torch.randint(0, 256, (2, 3, 48, 72), dtype=torch.uint8), torch.zeros((0, 96, 144), dtype=torch.uint8), modes),
+        (ONNX_CPU_WHOLE, LensMapsGraph, (torch.randint(0, 256, (2, 3, 48, 72), dtype=torch.uint8), torch.zeros((0, 96, 144), dtype=torch.uint8), modes),
          LATTICE_INPUTS, {"quarter": {0: "B", 2: "h", 3: "w"}, "frame": {1: "H", 2: "W"}, "mode_override": {0: "B"}}, LATTICE_OUTPUTS),
     )
     files = {}
@@ -118,7 +155,12 @@ def export(checkpoint: Path, out_dir: Path, precision: str = "fp32", profile: Sh
         graph = kind(model_from_checkpoint(ckpt), use_residual=use_residual, half=precision == "fp16").eval()
         path = export_onnx(graph, example, out_dir / name, list(inputs), list(outputs), axes)
         check_onnx(path, kind is LensGraph)
-        files[name] = sha256_file(path)
+        if kind is LensGraph:
+            files[name] = (sha256_file(path), "sampled")
+            continue
+        for half, variant in zip(cut_cpu_graph(path, out_dir), ("lattice_network", "lattice_warp")):
+            files[half.name] = (sha256_file(half), variant)
+        path.unlink()  # the halves are the CPU graph now
 
     engines, note = [], ""
     if engine:
@@ -137,7 +179,7 @@ def export(checkpoint: Path, out_dir: Path, precision: str = "fp32", profile: Sh
         "format": "lens-build/1",
         "checkpoint": {"file": CHECKPOINT_COPY, "source": str(checkpoint), "sha256": sha256_file(checkpoint), "stage": ckpt["stage"], "git_commit": ckpt.get("git_commit"),
                        "val_metrics": ckpt.get("val_metrics", {})},
-        "onnx": [{"file": n, "sha256": h, "variant": "sampled" if n == ONNX_FULL else "lattice"} for n, h in files.items()],
+        "onnx": [{"file": n, "sha256": h, "variant": variant} for n, (h, variant) in files.items()],
         "opset": OPSET,
         "precision": precision,
         "uses_residual": use_residual,

@@ -3,7 +3,7 @@
 Each backend is a runner with one method, ``run(image, mode_override) -> dict`` of the graph's
 outputs (polygraphy's runner idea, so comparing backends is one loop). The reference is the
 first backend (torch). Both exported graphs are compared: the sampled one (corrected image)
-and the CPU one (its sampling lattice, in pixels).
+and the CPU one (its sampling lattice, in pixels; its two ONNX halves run one after the other).
 
 Tolerances (`TOLERANCES`) per precision, measured on the default model on a 2-core CPU
 (README "Parity"): fp32 torch vs ONNX Runtime differ by ~1e-6 in parameters, ~1e-4 px in
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lens.runtime.backends import LATTICE_INPUTS, lattice_feed
+from lens.runtime.backends import LATTICE_INPUTS, ONNX_CPU_NETWORK, ONNX_CPU_WARP, lattice_feed, run_cpu_halves
 from lens.runtime.io import ImageReadError, list_images, read_image
 
 TOLERANCES = {
@@ -73,16 +73,17 @@ class OnnxRuntimeRunner(Runner):
     def __init__(self, build: Path, providers: list[str] | None = None):
         import onnxruntime as ort
 
-        from lens.export.build import ONNX_CPU, ONNX_FULL
+        from lens.export.build import ONNX_FULL
 
         providers = providers or ["CPUExecutionProvider"]
-        self.sessions = {True: ort.InferenceSession(str(build / ONNX_FULL), providers=providers),
-                         False: ort.InferenceSession(str(build / ONNX_CPU), providers=providers)}
+        self.sampled = ort.InferenceSession(str(build / ONNX_FULL), providers=providers)
+        self.cpu_halves = [ort.InferenceSession(str(build / name), providers=providers) for name in (ONNX_CPU_NETWORK, ONNX_CPU_WARP)]
 
     def run(self, image, sampled):
-        s = self.sessions[sampled]
-        outs = s.run(None, _feed(image, sampled))
-        return {o.name: v for o, v in zip(s.get_outputs(), outs)}
+        if not sampled:
+            return run_cpu_halves(*self.cpu_halves, _feed(image, sampled))
+        outs = self.sampled.run(None, _feed(image, sampled))
+        return {o.name: v for o, v in zip(self.sampled.get_outputs(), outs)}
 
 
 class TensorRTRunner(Runner):

@@ -4,7 +4,8 @@ Every backend runs an exported graph (`lens.export.graph`) and returns its outpu
 ``params``, ``flow``, ``safety``, ``mode``, ``violations``, then either ``corrected`` (GPU
 backends: `LensGraph` samples a uint8 batch ``(B, 3, H, W)`` given to `Backend.infer`) or
 ``lattice`` (CPU: `LensMapsGraph` reads every other pixel and row of the photos given to
-`Backend.infer_lattice`, and the runtime samples with OpenCV).
+`Backend.infer_lattice`, and the runtime samples with OpenCV; ONNX Runtime also runs its two
+halves on their own, `infer_network` and `infer_warp`, so that the line fit can come between).
 
 Choice with ``--backend auto``: TensorRT when the build has an engine whose manifest matches
 this GPU and TensorRT version; else ONNX Runtime's CUDA provider; else ONNX Runtime on the CPU.
@@ -22,8 +23,18 @@ from pathlib import Path
 import numpy as np
 
 DEFAULT_BUILD = Path(__file__).resolve().parents[1] / "assets" / "models" / "default"
-ONNX_FULL, ONNX_CPU, ENGINE, MANIFEST = "lens.onnx", "lens_cpu.onnx", "lens.engine", "manifest.json"
-LATTICE_INPUTS = ("quarter", "frame", "mode_override")  # the CPU graph's (`lens.export.graph.LensMapsGraph`)
+ONNX_FULL, ENGINE, MANIFEST = "lens.onnx", "lens.engine", "manifest.json"
+# The CPU graph (`lens.export.graph.LensMapsGraph`) is stored as two halves (`lens export` cuts
+# it where the network's outputs enter the geometry): the network, and the warp (the three
+# modes' safety statistics, the mode chosen and its warp on a lattice). Run one after the other
+# they give the whole graph's outputs bit for bit; the warp half (~6 of its ~15 ms at
+# 2048 x 1367) is skipped where the line fit replaces the network's warp.
+ONNX_CPU_NETWORK, ONNX_CPU_WARP = "lens_cpu_network.onnx", "lens_cpu_warp.onnx"
+ONNX_CPU_WHOLE = "lens_cpu.onnx"  # the one-file CPU graph of builds exported before the cut
+LATTICE_INPUTS = ("quarter", "frame", "mode_override")  # the CPU graph's, and its network half's
+NETWORK_OUTPUTS = ("params", "flow")
+WARP_INPUTS = ("params", "flow", "frame", "mode_override")
+WARP_OUTPUTS = ("safety", "mode", "violations", "lattice")
 
 
 class BackendUnavailable(RuntimeError):
@@ -58,6 +69,18 @@ class Backend:
         """``(B, H, W, 3)`` uint8 photos (any strides) -> outputs with ``lattice`` (CPU backends)."""
         raise NotImplementedError
 
+    #: True where `infer_network` and `infer_warp` run the two halves of `infer_lattice`
+    splits_lattice = False
+
+    def infer_network(self, images: np.ndarray, mode_override: int = -1) -> dict[str, np.ndarray]:
+        """The first half of `infer_lattice`: ``params`` and ``flow`` only."""
+        raise NotImplementedError
+
+    def infer_warp(self, network: dict[str, np.ndarray], height: int, width: int, mode_override: int = -1) -> dict[str, np.ndarray]:
+        """The second half of `infer_lattice`: from `infer_network`'s outputs for photos of
+        ``height x width``, ``safety``, ``mode``, ``violations`` and ``lattice``."""
+        raise NotImplementedError
+
     def describe(self) -> dict:
         return {"backend": self.name, "device": self.device}
 
@@ -67,9 +90,23 @@ def lattice_feed(images: np.ndarray, mode_override) -> dict[str, np.ndarray]:
     photos: every other pixel and row, channels first (one copy of a quarter of the pixels),
     and the empty ``frame`` whose shape is the photos' size."""
     batch, height, width = images.shape[:3]
-    return {"quarter": np.ascontiguousarray(images[:, ::2, ::2].transpose(0, 3, 1, 2)),
-            "frame": np.empty((0, height, width), np.uint8),
-            "mode_override": np.broadcast_to(np.asarray(mode_override, np.int64), (batch,)).copy()}
+    return {"quarter": np.ascontiguousarray(images[:, ::2, ::2].transpose(0, 3, 1, 2)), **_frame_feed(batch, height, width, mode_override)}
+
+
+def _frame_feed(batch: int, height: int, width: int, mode_override) -> dict[str, np.ndarray]:
+    return {"frame": np.empty((0, height, width), np.uint8), "mode_override": np.broadcast_to(np.asarray(mode_override, np.int64), (batch,)).copy()}
+
+
+def warp_feed(network: dict[str, np.ndarray], height: int, width: int, mode_override) -> dict[str, np.ndarray]:
+    """The warp half's inputs: the network half's outputs and the photos' size."""
+    return {"params": network["params"], "flow": network["flow"], **_frame_feed(len(network["params"]), height, width, mode_override)}
+
+
+def run_cpu_halves(network, warp, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The whole CPU graph's outputs from its two ONNX Runtime sessions, for a `lattice_feed`."""
+    out = dict(zip(NETWORK_OUTPUTS, network.run(list(NETWORK_OUTPUTS), feed)))
+    height, width = feed["frame"].shape[1:]
+    return {**out, **dict(zip(WARP_OUTPUTS, warp.run(list(WARP_OUTPUTS), warp_feed(out, height, width, feed["mode_override"]))))}
 
 
 class OnnxRuntimeBackend(Backend):
@@ -100,25 +137,33 @@ class OnnxRuntimeBackend(Backend):
             self.session = ort.InferenceSession(str(build / ONNX_FULL), options, providers=["CUDAExecutionProvider"])
             if "CUDAExecutionProvider" not in self.session.get_providers():
                 raise BackendUnavailable("ONNX Runtime's CUDA provider failed to initialise (driver or CUDA libraries)")
+            self.output_names = [o.name for o in self.session.get_outputs()]
         else:
             # One thread per inference: the pipeline runs one image per worker thread, which
             # keeps results independent of --batch and --workers (byte-identical outputs).
             options.intra_op_num_threads = 1
             options.inter_op_num_threads = 1
-            self.session = ort.InferenceSession(str(build / ONNX_CPU), options, providers=["CPUExecutionProvider"])
-            inputs = [i.name for i in self.session.get_inputs()]
-            if sorted(inputs) != sorted(LATTICE_INPUTS):
-                # builds exported before the CPU graph took every other pixel and returned a lattice
-                raise BackendUnavailable(f"{build / ONNX_CPU} takes {', '.join(inputs)}, not {', '.join(LATTICE_INPUTS)}: it was exported by an "
-                                         f"older lens; export it again: lens export --checkpoint {build / 'checkpoint.pt'} --out {build}")
-        self.output_names = [o.name for o in self.session.get_outputs()]
+            if not (build / ONNX_CPU_NETWORK).is_file() and (build / ONNX_CPU_WHOLE).is_file():
+                # builds exported before the CPU graph was cut in two (or before it took every
+                # other pixel and returned a lattice)
+                raise BackendUnavailable(f"{build} holds the CPU graph as one file ({ONNX_CPU_WHOLE}), not {ONNX_CPU_NETWORK} and {ONNX_CPU_WARP}: "
+                                         f"it was exported by an older lens; export it again: lens export --checkpoint {build / 'checkpoint.pt'} --out {build}")
+            self.network = ort.InferenceSession(str(build / ONNX_CPU_NETWORK), options, providers=["CPUExecutionProvider"])
+            self.warp = ort.InferenceSession(str(build / ONNX_CPU_WARP), options, providers=["CPUExecutionProvider"])
+            self.splits_lattice = True
 
     def infer(self, images, mode_override=-1):
         modes = np.full((images.shape[0],), mode_override, dtype=np.int64)
         return dict(zip(self.output_names, self.session.run(None, {"image": images, "mode_override": modes})))
 
     def infer_lattice(self, images, mode_override=-1):
-        return dict(zip(self.output_names, self.session.run(None, lattice_feed(images, mode_override))))
+        return run_cpu_halves(self.network, self.warp, lattice_feed(images, mode_override))
+
+    def infer_network(self, images, mode_override=-1):
+        return dict(zip(NETWORK_OUTPUTS, self.network.run(list(NETWORK_OUTPUTS), lattice_feed(images, mode_override))))
+
+    def infer_warp(self, network, height, width, mode_override=-1):
+        return dict(zip(WARP_OUTPUTS, self.warp.run(list(WARP_OUTPUTS), warp_feed(network, height, width, mode_override))))
 
 
 class TensorRTBackend(Backend):
