@@ -609,9 +609,10 @@ def export_cmd(
     hardware_compatible: bool = typer.Option(False, help="Build for every Ampere-or-newer GPU."),
 ) -> None:
     """Export a checkpoint to one ONNX graph (model, grid fusion, safety, fallback and
-    GridSample) plus its CPU variant (sampling maps for OpenCV), check both (onnx.checker, symbolic shapes,
-    ONNX Runtime at two sizes, TensorRT lint), build a TensorRT engine where possible, and
-    write manifest.json."""
+    GridSample) plus its CPU variant (sampling maps for OpenCV; stored cut in two, network and
+    warp, so that `lens run` can skip the warp where the line fit replaces it), check both
+    (onnx.checker, symbolic shapes, ONNX Runtime at two sizes, TensorRT lint; the halves against
+    the whole, bit for bit), build a TensorRT engine where possible, and write manifest.json."""
     _require_torch("export")
     from lens.export.build import ExportCheckFailed, export
     from lens.export.tensorrt_build import ShapeProfile
@@ -629,7 +630,8 @@ def export_cmd(
             console.print(f"[red]export check failed:[/] {escape(str(exc))}", soft_wrap=True)
             raise typer.Exit(1)
     for item in result.manifest["onnx"]:
-        console.print(f"{escape(item['file'])}  sha256 {item['sha256'][:16]}…  (checked: onnx.checker, symbolic B/H/W, onnxruntime at 2 sizes, TensorRT lint)", soft_wrap=True)
+        checked = "onnx.checker, symbolic B/H/W, onnxruntime at 2 sizes, TensorRT lint" + ("; the halves equal the whole CPU graph" if item["variant"].startswith("lattice_") else "")
+        console.print(f"{escape(item['file'])}  sha256 {item['sha256'][:16]}…  (checked: {checked})", soft_wrap=True)
     for item in result.manifest["engines"]:
         console.print(f"{escape(item['file'])}  TensorRT {item['tensorrt']} on {escape(item['gpu'])}", soft_wrap=True)
     if result.engine_note:
