@@ -447,3 +447,7 @@ def test_a_build_exported_before_the_cpu_graph_was_cut_in_two_is_refused_with_th
     assert result.exit_code == 2
     assert "exported by an older lens; export it again: lens export --checkpoint" in result.output.replace("\n", " ")
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").glob("*.jpg"))
+    (build / ONNX_CPU_WHOLE).unlink()  # half a build: one half copied, the other not
+    shutil.copy(DEFAULT_BUILD / ONNX_CPU_NETWORK, build / ONNX_CPU_NETWORK)
+    result = _run(photos, tmp_path / "out", "--build", build, "--device", "cpu")
+    assert result.exit_code == 2 and f"has no {ONNX_CPU_WARP}" in result.output.replace("\n", " ")

@@ -143,11 +143,15 @@ class OnnxRuntimeBackend(Backend):
             # keeps results independent of --batch and --workers (byte-identical outputs).
             options.intra_op_num_threads = 1
             options.inter_op_num_threads = 1
-            if not (build / ONNX_CPU_NETWORK).is_file() and (build / ONNX_CPU_WHOLE).is_file():
+            missing = [n for n in (ONNX_CPU_NETWORK, ONNX_CPU_WARP) if not (build / n).is_file()]
+            again = f"export it again: lens export --checkpoint {build / 'checkpoint.pt'} --out {build}"
+            if missing and (build / ONNX_CPU_WHOLE).is_file():
                 # builds exported before the CPU graph was cut in two (or before it took every
                 # other pixel and returned a lattice)
                 raise BackendUnavailable(f"{build} holds the CPU graph as one file ({ONNX_CPU_WHOLE}), not {ONNX_CPU_NETWORK} and {ONNX_CPU_WARP}: "
-                                         f"it was exported by an older lens; export it again: lens export --checkpoint {build / 'checkpoint.pt'} --out {build}")
+                                         f"it was exported by an older lens; {again}")
+            if missing:
+                raise BackendUnavailable(f"{build} has no {' or '.join(missing)}: not a complete `lens export` build; {again}")
             self.network = ort.InferenceSession(str(build / ONNX_CPU_NETWORK), options, providers=["CPUExecutionProvider"])
             self.warp = ort.InferenceSession(str(build / ONNX_CPU_WARP), options, providers=["CPUExecutionProvider"])
             self.splits_lattice = True
