@@ -105,8 +105,7 @@ def warp_feed(network: dict[str, np.ndarray], height: int, width: int, mode_over
 def run_cpu_halves(network, warp, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The whole CPU graph's outputs from its two ONNX Runtime sessions, for a `lattice_feed`."""
     out = dict(zip(NETWORK_OUTPUTS, network.run(list(NETWORK_OUTPUTS), feed)))
-    height, width = feed["frame"].shape[1:]
-    return {**out, **dict(zip(WARP_OUTPUTS, warp.run(list(WARP_OUTPUTS), warp_feed(out, height, width, feed["mode_override"]))))}
+    return {**out, **dict(zip(WARP_OUTPUTS, warp.run(list(WARP_OUTPUTS), {**out, "frame": feed["frame"], "mode_override": feed["mode_override"]})))}
 
 
 class OnnxRuntimeBackend(Backend):

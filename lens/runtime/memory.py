@@ -52,6 +52,6 @@ def keep_freed_memory() -> bool:
                 libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
                 # mallopt returns 1 on success, 0 if it refused the value
                 _done = bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
-            except (OSError, AttributeError):
-                _done = False
+            except (OSError, AttributeError):  # no loadable C library with mallopt: glibc's defaults stay
+                pass
     return _done

@@ -221,7 +221,7 @@ class Runner:
             safety = {m: dict(zip(SAFETY_STATS, map(float, out["safety"][i][k]))) for k, m in enumerate(MODES)}
             reasons = reasons_from_masks(mode, int(out["violations"][i][0]), int(out["violations"][i][1]), self.has_residual)
         else:  # only the network ran (`_process_refitting`): the line fit replaced its warp before any mode was weighed
-            mode, safety, reasons = (0 if self.has_residual else 1), {}, []
+            mode, safety, reasons = 1, {}, ["hybrid:replaced_by_line_fit"] if self.has_residual else []
         params = dict(zip(PARAM_NAMES, map(float, out["params"][i])))
         record_extra = {}
         if refined is not None:
