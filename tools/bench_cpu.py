@@ -14,13 +14,15 @@ k1 = -0.2, k2 = 0.4; maps rebuilt per image, as each photo has its own coefficie
 cv2.imwrite JPEG 95 4:4:4. lens: the full `lens run` pipeline (decode, ONNX Runtime inference of
 the default model, safety + fallback, OpenCV sampling, encode, atomic write, metadata), once
 with the default line fit (`--refine lines`: the lens refitted to each photo's straight lines)
-and once without (`--refine off`). All run over THREADS worker threads. Runs alternate ROUNDS times (3);
+and once without (`--refine off`). All run over THREADS worker threads. Runs alternate ROUNDS times (3),
+every other round in the reverse order;
 reported: the best of each, the median of the per-round ratios, and the CPU time each pipeline
 spends per image (user + system, this process and its children: the core-time a photo costs).
 """
 from __future__ import annotations
 
 import resource
+import shutil
 import sys
 import tempfile
 import time
@@ -100,10 +102,18 @@ def main(n: int = 24, threads: int = 2, rounds: int = 3, size: tuple[int, int] =
             rates[name].append(pipeline())
             cpu_ms[name].append((cpu_seconds() - before) / n * 1e3)
 
+        pipelines = {
+            "OpenCV undistort pipeline": lambda out: opencv_pipeline(src, out, threads),
+            **{f"lens run --refine {refine}": (lambda out, refine=refine: lens_pipeline(src, out, threads, backend, refine)) for refine in ("lines", "off")},
+        }
         for rep in range(rounds):
-            timed("OpenCV undistort pipeline", lambda: opencv_pipeline(src, Path(tmp) / f"cv{rep}", threads))
-            for refine in ("lines", "off"):
-                timed(f"lens run --refine {refine}", lambda: lens_pipeline(src, Path(tmp) / f"lens-{refine}{rep}", threads, backend, refine))
+            # every other round in the reverse order, so that a pipeline's place in the round
+            # favours none (here, back-to-back runs of one pipeline were up to ~20% apart in a
+            # slow-fast pattern of the machine's own); outputs deleted as the rounds go
+            for k, (name, pipeline) in enumerate(pipelines.items() if rep % 2 == 0 else reversed(pipelines.items())):
+                out = Path(tmp) / f"out{rep}-{k}"
+                timed(name, lambda: pipeline(out))
+                shutil.rmtree(out)
         best = {k: max(v) for k, v in rates.items()}
         print(f"{n} images {size[0]}x{size[1]} ({content}), {threads} threads")
         for name, runs in rates.items():
