@@ -42,7 +42,8 @@ def warp_with_maps(pixels: np.ndarray, map_x: np.ndarray, map_y: np.ndarray) -> 
     to fixed point first (``cv2.convertMaps``) cost ~15% more here (40 interleaved runs at
     2048 x 1367) and rounds differently (up to 2 grey levels apart). Making the fixed-point
     maps band by band from the lattice, so that they are read while still in cache, cost
-    0.70-0.95x as much as this in isolation but gained nothing inside `lens run` (CPU per image
-    banded / this: median 1.04 over 11 alternated process pairs, 0.85-1.23)."""
+    0.68-1.07x as much as this in isolation (6 interleaved series at 2048 x 1367 and 4000 x
+    3000, median 0.9) but gained nothing inside `lens run` (CPU per image banded / this: median
+    1.04 over 11 alternated process pairs, 0.85-1.23)."""
     out = cv2.remap(pixels, map_x, map_y, interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
     return out[..., None] if out.ndim == 2 else out
