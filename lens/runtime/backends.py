@@ -99,13 +99,14 @@ def _frame_feed(batch: int, height: int, width: int, mode_override) -> dict[str,
 
 def warp_feed(network: dict[str, np.ndarray], height: int, width: int, mode_override) -> dict[str, np.ndarray]:
     """The warp half's inputs: the network half's outputs and the photos' size."""
-    return {"params": network["params"], "flow": network["flow"], **_frame_feed(len(network["params"]), height, width, mode_override)}
+    return {**{k: network[k] for k in NETWORK_OUTPUTS}, **_frame_feed(len(network["params"]), height, width, mode_override)}
 
 
 def run_cpu_halves(network, warp, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The whole CPU graph's outputs from its two ONNX Runtime sessions, for a `lattice_feed`."""
     out = dict(zip(NETWORK_OUTPUTS, network.run(list(NETWORK_OUTPUTS), feed)))
-    return {**out, **dict(zip(WARP_OUTPUTS, warp.run(list(WARP_OUTPUTS), {**out, "frame": feed["frame"], "mode_override": feed["mode_override"]})))}
+    given = {**feed, **out}
+    return {**out, **dict(zip(WARP_OUTPUTS, warp.run(list(WARP_OUTPUTS), {k: given[k] for k in WARP_INPUTS})))}
 
 
 class OnnxRuntimeBackend(Backend):

@@ -261,8 +261,10 @@ class Runner:
         for i, job in enumerate(jobs):
             if refinements is not None:
                 refined = refinements[i]
+            elif self.line_fits is not None:
+                refined = self._refine(job, out["params"][i])
             else:
-                refined = self._refine(job, out["params"][i]) if self.line_fits is not None else None
+                refined = None
             t = time.perf_counter()
             if refined is not None and refined.applied:  # the fitted lens's warp replaces the graph's
                 warped = warp_with_maps(_rgb(job), *refined.maps)
