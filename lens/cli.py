@@ -539,6 +539,9 @@ def _qa_report(pred: Path, inputs: Path, ids: Optional[Path], require_metadata: 
         report = run_gates(pred, inputs, ids, require_metadata=require_metadata, on_file=lambda: progress.advance(task))
     for f in report.failures():
         console.print(f"[red]{escape(f['gate'])}:[/] {escape(f['file'])}: {escape(f['reason'])}", soft_wrap=True)
+    for gate in report.gates:
+        if gate.note:
+            console.print(f"{escape(gate.name)}: {escape(gate.note)}", soft_wrap=True)
     console.print(("[green]QA passed[/]" if report.passed else f"[red]QA failed[/]: {len(report.failures())} problem(s)") + f" ({report.checked_files} checked)")
     return report
 
@@ -553,8 +556,8 @@ def qa(
     require_metadata: bool = typer.Option(True, help="Require `lens run` metadata beside the images."),
 ) -> None:
     """Gate a folder of predictions: exact id set, decodes, same size as input, changed,
-    no black or constant border, no catastrophic regional difference, run metadata with no
-    hard-unsafe image. Exit code 0 only when every gate passes."""
+    no black or constant border that its input lacks, no catastrophic regional difference, run
+    metadata with no hard-unsafe image. Exit code 0 only when every gate passes."""
     result = _qa_report(pred, inputs, ids, require_metadata)
     _write_json(json_out, result.to_dict())
     if report:

@@ -132,6 +132,31 @@ def test_qa_catches_black_borders_unchanged_images_bad_names_and_extras(tmp_path
     assert ("id_set", "stray.jpg") in caught
 
 
+def test_qa_lets_a_photos_own_black_corner_and_blown_out_sky_through_but_not_fill_it_lacks(tmp_path, pairs):
+    """A night sky or black background in a corner and a white sky along the top are the
+    photo's content: its correction keeps them, and QA must not fail it for that (the
+    bundled portrait's corner is black). Fill the input does not have is still caught."""
+    inputs, pred = tmp_path / "inputs", tmp_path / "pred"
+    for i, s in enumerate(pairs[:3]):
+        original = s.original.copy()
+        h, w = original.shape[:2]
+        original[: h // 8] = 255  # blown-out sky along the top
+        original[h // 2 :, w * 2 // 3 :] = 0  # a black background in the bottom-right corner
+        write_image(inputs / f"img{i}.jpg", DecodedImage(original))
+        corrected = _correct(original, s.params)
+        if i == 1:
+            corrected[:6] = 0  # black fill along the top, where the input is white
+        if i == 2:
+            corrected[:16, :16] = 0  # a black top-left corner, where the input is white
+        write_image(pred / f"img{i}.jpg", DecodedImage(corrected))
+    result = runner.invoke(app, ["qa", str(pred), "--inputs", str(inputs), "--no-require-metadata", "--json", str(tmp_path / "qa.json")])
+    assert result.exit_code == 1, result.output
+    border = next(g for g in json.loads((tmp_path / "qa.json").read_text())["gates"] if g["name"] == "border")
+    assert {f["file"]: f["reason"].split(":")[0] for f in border["files"]} == {"img1.jpg": "constant_border", "img2.jpg": "black_corner"}
+    assert "img0.jpg (constant top edge, black bottom-right corner)" in border["note"]
+    assert "img0.jpg (constant top edge, black bottom-right corner)" in result.output
+
+
 def test_strict_qa_requires_run_metadata(tmp_path, submission):
     inputs, pred = submission
     result = runner.invoke(app, ["qa", str(pred), "--inputs", str(inputs), "--json", str(tmp_path / "qa.json")])

@@ -65,6 +65,10 @@ def test_default_model_corrects_a_folder_and_records_everything(tmp_path, photos
     assert summary["ok"] == 9 and not summary["failed"]
     assert summary["model"]["checkpoint_sha256"] and summary["versions"]["onnxruntime"]
     assert sum(summary["modes"].values()) == 9
+    # the corrected folder passes QA as it stands: the portrait's own black corner is not fill
+    qa = runner.invoke(app, ["qa", str(out), "--inputs", str(photos), "--json", str(tmp_path / "qa.json")])
+    assert qa.exit_code == 0, qa.output
+    assert "black bottom-right corner" in qa.output
 
 
 def test_originals_are_never_overwritten_by_their_corrections(tmp_path, photos):

@@ -3,8 +3,9 @@ caught; nothing leaves without passing all of them.
 
 Gates, in order: ``id_set`` (missing, extra and badly named files), ``decodes``,
 ``same_size`` (as its input), ``not_identical`` (to its input), ``border`` (no black or
-constant-fill band or corner), ``regional_difference`` (no catastrophic change of a region
-compared with the input), ``run_metadata`` (`lens run`'s records present, none hard-unsafe).
+constant-fill band or corner that its input does not have), ``regional_difference`` (no
+catastrophic change of a region compared with the input), ``run_metadata`` (`lens run`'s
+records present, none hard-unsafe).
 """
 from __future__ import annotations
 
@@ -23,6 +24,9 @@ BAND_STD = 1.5  # a row/column whose pixels vary less than this is constant fill
 MAX_BAND_PX = 1  # bands wider than this fail (one constant row can be a real edge)
 CORNER_PX = 12  # a fully black square this big in a corner is an unfilled corner
 BLACK_LEVEL = 8
+SAME_FILL_GREY = 8.0  # a band is the input's own when the input has one at that edge within this many grey levels
+EDGES = ("top", "bottom", "left", "right")
+CORNERS = ("top-left", "top-right", "bottom-left", "bottom-right")
 REGION_GRID = 4
 REGION_FAIL_GREY = 90.0  # an undistortion moves pixels, it does not replace a region
 
@@ -65,22 +69,51 @@ class QAReport:
         }
 
 
-def _constant_band(grey: np.ndarray) -> int:
-    """Widest band of constant-fill rows or columns at any of the four edges."""
-    widest = 0
+def _edge_bands(grey: np.ndarray) -> list[tuple[int, float]]:
+    """Per edge (`EDGES` order): how many rows or columns from it are constant fill (up to
+    ``MAX_BAND_PX + 3``), and their mean grey level."""
+    bands = []
     for lines in (grey, grey[::-1], grey.T, grey.T[::-1]):
-        stds = lines[: max(4, MAX_BAND_PX + 3)].std(axis=1)
+        head = lines[: max(4, MAX_BAND_PX + 3)]
+        stds = head.std(axis=1)
         n = 0
         while n < len(stds) and stds[n] < BAND_STD:
             n += 1
-        widest = max(widest, n)
-    return widest
+        bands.append((n, float(head[:n].mean()) if n else 0.0))
+    return bands
 
 
-def _black_corner(grey: np.ndarray) -> bool:
+def _black_corners(grey: np.ndarray) -> list[bool]:
+    """Per corner (`CORNERS` order): whether a `CORNER_PX` square there is black."""
     c = CORNER_PX
-    corners = (grey[:c, :c], grey[:c, -c:], grey[-c:, :c], grey[-c:, -c:])
-    return any(int(corner.max()) < BLACK_LEVEL for corner in corners)
+    return [int(corner.max()) < BLACK_LEVEL for corner in (grey[:c, :c], grey[:c, -c:], grey[-c:, :c], grey[-c:, -c:])]
+
+
+def border_problem(grey: np.ndarray, input_grey: np.ndarray | None = None) -> tuple[str | None, list[str]]:
+    """The border gate's reason for a prediction ``grey``, or None; and what it let through as
+    its input's own: a band or black corner that the input (same size) has at the same place,
+    with the same fill. A photo's own content looks like fill: a night sky or a studio's black
+    background in a corner, a blown-out sky along the top (the bundled portrait's corner is
+    black). An undistortion samples a corner or an edge from near the same corner or edge of its
+    input, so only fill that the input lacks there is the warp's."""
+    own_bands = _edge_bands(input_grey) if input_grey is not None else None
+    own_corners = _black_corners(input_grey) if input_grey is not None else None
+    excused = []
+    for k, (width, level) in enumerate(_edge_bands(grey)):
+        if width <= MAX_BAND_PX:
+            continue
+        if own_bands and own_bands[k][0] > MAX_BAND_PX and abs(own_bands[k][1] - level) <= SAME_FILL_GREY:
+            excused.append(f"constant {EDGES[k]} edge")
+            continue
+        return f"constant_border: a {width}-px constant-fill band at the {EDGES[k]} edge", excused
+    for k, black in enumerate(_black_corners(grey)):
+        if not black:
+            continue
+        if own_corners and own_corners[k]:
+            excused.append(f"black {CORNERS[k]} corner")
+            continue
+        return f"black_corner: a black {CORNER_PX}x{CORNER_PX} {CORNERS[k]} corner", excused
+    return None, excused
 
 
 def _regional_difference(a: np.ndarray, b: np.ndarray) -> float:
@@ -120,6 +153,7 @@ def run_gates(pred_dir: str | Path, inputs_dir: str | Path, ids_file: str | Path
         id_gate.fail(present[image_id].name, "extra: not an expected id")
 
     extremes = []
+    inherited = []  # predictions whose band or black corner is their input's own
     checked = 0
     for image_id in sorted(present.keys() & expected_set):
         pred_path = present[image_id]
@@ -133,11 +167,7 @@ def run_gates(pred_dir: str | Path, inputs_dir: str | Path, ids_file: str | Path
             continue
         src_path = inputs.get(image_id)
         grey = _grey(pred)
-        band = _constant_band(grey)
-        if band > MAX_BAND_PX:
-            border_gate.fail(pred_path.name, f"constant_border: a {band}-px constant-fill band at an edge")
-        elif _black_corner(grey):
-            border_gate.fail(pred_path.name, f"black_corner: a black {CORNER_PX}x{CORNER_PX} corner")
+        src_grey = None
         if src_path is not None:
             try:
                 src = read_image(src_path).pixels
@@ -156,9 +186,17 @@ def run_gates(pred_dir: str | Path, inputs_dir: str | Path, ids_file: str | Path
                     region = _regional_difference(grey, src_grey)
                     if region > REGION_FAIL_GREY:
                         region_gate.fail(pred_path.name, f"regional_difference: a region differs by {region:.0f} grey levels on average")
+        problem, excused = border_problem(grey, src_grey)
+        if problem:
+            border_gate.fail(pred_path.name, problem)
+        if excused:
+            inherited.append(f"{pred_path.name} ({', '.join(excused)})")
         if on_file:
             on_file()
 
+    if inherited:
+        shown = ", ".join(inherited[:5]) + (f" and {len(inherited) - 5} more" if len(inherited) > 5 else "")
+        border_gate.note = f"the input's own fill, so not the warp's: {shown}"
     records, summary = read_run_metadata(pred_dir)
     if records is None:
         if require_metadata:

@@ -47,7 +47,7 @@ def render_html(report: QAReport, pred_dir: str | Path) -> str:
     rows = "".join(
         f"<tr><td>{html.escape(f['gate'])}</td><td>{html.escape(f['file'])}</td><td>{html.escape(f['reason'])}</td></tr>" for f in report.failures()
     )
-    gates = "".join(f"<li class={'ok' if g.passed else 'bad'}>{html.escape(g.name)}: {'pass' if g.passed else f'{len(g.files)} file(s)'}</li>" for g in report.gates)
+    gates = "".join(f"<li class={'ok' if g.passed else 'bad'}>{html.escape(g.name)}: {'pass' if g.passed else f'{len(g.files)} file(s)'}{f' ({html.escape(g.note)})' if g.note else ''}</li>" for g in report.gates)
     cards = []
     for e in report.extremes[:MAX_EXTREMES]:
         label = f"{e['file']} — mean change {e['change']:.1f} grey levels" + (f", up to {e['max_displacement_px']:.1f} px" if "max_displacement_px" in e else "")
