@@ -138,11 +138,14 @@ def run_cmd(
                                  param_hint="OUT")
     from lens.runtime.io import IMAGE_SUFFIXES, scan_inputs
 
-    images, ignored = scan_inputs(src, recursive, out.resolve()) if src.is_dir() else ([src], {})
+    images, ignored, targets = scan_inputs(src, recursive, out.resolve()) if src.is_dir() else ([src], {}, 0)
     total = len(images)
     if ignored:  # a shoot's HEIC or RAW files must not vanish without a word
         console.print(f"ignored (not a {'/'.join(s[1:] for s in IMAGE_SUFFIXES)} file): "
                       + ", ".join(f"{n} {suffix}" for suffix, n in ignored.items()), soft_wrap=True)
+    if targets:
+        console.print(f"left out: {targets} workload target(s) (<id>_generated.jpg beside its input <id>_original.jpg, "
+                      "which is corrected to <id>.jpg)", soft_wrap=True)
     if total == 0:
         console.print(f"[red]error:[/] no images in {escape(str(src))}", soft_wrap=True)
         raise typer.Exit(2)
@@ -181,6 +184,8 @@ def run_cmd(
     console.print(f"line fit: {escape(line_fit_reason)}", soft_wrap=True)
     if ignored:
         info["ignored_files"] = ignored
+    if targets:
+        info["workload_targets_left_out"] = targets
     t0 = time.perf_counter()
     with _progress() as progress:
         task = progress.add_task("lens run", total=total, rate="")

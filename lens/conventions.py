@@ -36,3 +36,10 @@ SAFETY_STATS: tuple[str, ...] = (
     "residual_mean_px",  # mean residual-flow magnitude, in full-resolution pixels
     "residual_max_px",  # its maximum
 )
+
+#: The workload's files (shared/DESIGN.md): a pair is ``<id>_original.jpg``, the distorted
+#: input, and ``<id>_generated.jpg``, its corrected target; a submission entry is ``<id>.jpg``.
+#: `lens run` names the correction of ``<id>_original.jpg`` ``<id>.jpg`` and leaves a target
+#: beside its input alone; `lens qa` reads the ids the same way.
+WORKLOAD_INPUT_SUFFIX = "_original.jpg"
+WORKLOAD_TARGET_SUFFIX = "_generated.jpg"

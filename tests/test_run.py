@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import cv2
@@ -299,6 +300,29 @@ def test_xmp_and_iptc_of_a_jpeg_are_kept(tmp_path):
     assert _run(shoot, tmp_path / "out", "--refine", "off").exit_code == 0
     with Image.open(tmp_path / "out" / "shot.jpg") as out:
         assert out.info["xmp"] == xmp and ("APP13", iptc) in out.applist
+
+
+def test_a_workload_folder_is_corrected_to_submission_names_and_its_targets_are_left_alone(tmp_path, photos):
+    """The workload's layout: <id>_original.jpg (input) beside <id>_generated.jpg (target).
+    Each input is corrected to <id>.jpg, as a submission names it; a target beside its input
+    is not corrected (said on the console); the result passes QA and packages as it stands."""
+    src, out = tmp_path / "pairs", tmp_path / "out"
+    src.mkdir()
+    shutil.copy(photos / "p00.jpg", src / "shoot1_g0_original.jpg")
+    shutil.copy(photos / "p01.jpg", src / "shoot1_g0_generated.jpg")
+    shutil.copy(photos / "p02.jpg", src / "shoot2_g1_original.jpg")  # a test image: no target
+    shutil.copy(photos / "p03.jpg", src / "sky_generated.jpg")  # no input beside it: a photo like any other
+    result = _run(src, out)
+    assert result.exit_code == 0, result.output
+    assert "left out: 1 workload target" in result.output
+    assert sorted(_outputs(out)) == ["shoot1_g0.jpg", "shoot2_g1.jpg", "sky_generated.jpg"]
+    records = [json.loads(line) for line in (out / "lens-run" / "images.jsonl").read_text().splitlines()]
+    assert sorted(r["id"] for r in records) == ["shoot1_g0", "shoot2_g1", "sky_generated"]
+    assert json.loads((out / "lens-run" / "summary.json").read_text())["workload_targets_left_out"] == 1
+    packaged = runner.invoke(app, ["package", str(out), "--inputs", str(src), "--out", str(tmp_path / "submission.zip"), "--strict"])
+    assert packaged.exit_code == 0, packaged.output
+    with zipfile.ZipFile(tmp_path / "submission.zip") as z:
+        assert z.namelist() == ["shoot1_g0.jpg", "shoot2_g1.jpg", "sky_generated.jpg"]
 
 
 def test_recursive_run_mirrors_the_folders_and_leaves_its_output_out(tmp_path, photos):

@@ -4,10 +4,13 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from lens.conventions import WORKLOAD_INPUT_SUFFIX, WORKLOAD_TARGET_SUFFIX
+from lens.runtime.io import is_workload_target
+
 #: A submission entry: a flat, safe file name ending in lowercase .jpg.
 ENTRY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*\.jpg$")
-INPUT_SUFFIXES = ("_original.jpg", ".jpg", ".jpeg", ".png")
-TARGET_SUFFIXES = ("_generated.jpg", ".jpg", ".jpeg", ".png")
+INPUT_SUFFIXES = (WORKLOAD_INPUT_SUFFIX, ".jpg", ".jpeg", ".png")
+TARGET_SUFFIXES = (WORKLOAD_TARGET_SUFFIX, ".jpg", ".jpeg", ".png")
 
 
 def id_of_input(path: Path) -> str:
@@ -19,13 +22,11 @@ def id_of_input(path: Path) -> str:
 
 
 def input_files(folder: str | Path) -> dict[str, Path]:
-    """Inputs by id: ``<id>_original.jpg`` (workload layout) or ``<id>.jpg``; targets
-    (``*_generated.jpg``) in the same folder are not inputs."""
-    out = {}
-    for p in sorted(Path(folder).iterdir()):
-        if p.is_file() and not p.name.startswith(".") and not p.name.endswith("_generated.jpg") and p.suffix.lower() in (".jpg", ".jpeg", ".png"):
-            out[id_of_input(p)] = p
-    return out
+    """Inputs by id: ``<id>_original.jpg`` (workload layout) or ``<id>.jpg``; a target
+    ``<id>_generated.jpg`` beside its input is not one (`is_workload_target`, as `lens run`)."""
+    files = [p for p in sorted(Path(folder).iterdir()) if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in (".jpg", ".jpeg", ".png")]
+    names = {(p.parent, p.name.lower()) for p in files}
+    return {id_of_input(p): p for p in files if not is_workload_target(p, names)}
 
 
 def find_by_id(folder: str | Path, image_id: str, suffixes: tuple[str, ...]) -> Path | None:

@@ -22,6 +22,8 @@ import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from lens.conventions import WORKLOAD_INPUT_SUFFIX, WORKLOAD_TARGET_SUFFIX
+
 #: Extensions read as images when a folder is given.
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
 #: Refuse images above this many pixels (a decompression bomb expands a small file into
@@ -306,10 +308,10 @@ def _files(folder: Path, recursive: bool, skip: Path | None, seen: set[Path] | N
             yield p
 
 
-def scan_inputs(folder: Path, recursive: bool = False, skip: Path | None = None) -> tuple[list[Path], dict[str, int]]:
+def scan_inputs(folder: Path, recursive: bool = False, skip: Path | None = None) -> tuple[list[Path], dict[str, int], int]:
     """One walk of ``folder`` (`_files`): its image files sorted by path (deterministic order),
-    and the other files counted by suffix (a shoot's HEIC or RAW files should not vanish
-    without a word)."""
+    the other files counted by suffix (a shoot's HEIC or RAW files should not vanish without a
+    word), and how many workload targets were left out (`is_workload_target`)."""
     images, ignored = [], {}
     for p in _files(folder, recursive, skip):
         if p.suffix.lower() in IMAGE_SUFFIXES:
@@ -317,7 +319,25 @@ def scan_inputs(folder: Path, recursive: bool = False, skip: Path | None = None)
         else:
             key = p.suffix.lower() or "(no suffix)"
             ignored[key] = ignored.get(key, 0) + 1
-    return sorted(images), dict(sorted(ignored.items()))
+    names = {(p.parent, p.name.lower()) for p in images}
+    inputs = [p for p in images if not is_workload_target(p, names)]
+    return sorted(inputs), dict(sorted(ignored.items())), len(images) - len(inputs)
+
+
+def is_workload_target(path: Path, names: set[tuple[Path, str]]) -> bool:
+    """Whether ``path`` is the corrected target of a workload pair: ``<id>_generated.jpg``
+    beside its input ``<id>_original.jpg`` (``names``: (folder, lower-case name) of the
+    images around it). Correcting a target again would be wasted work and an extra entry."""
+    name = path.name.lower()
+    return name.endswith(WORKLOAD_TARGET_SUFFIX) and (path.parent, name[: -len(WORKLOAD_TARGET_SUFFIX)] + WORKLOAD_INPUT_SUFFIX) in names
+
+
+def output_stem(path: Path) -> str:
+    """The stem that a correction of ``path`` is named by: its own, or ``<id>`` for a workload
+    input ``<id>_original.jpg`` (a submission entry is ``<id>.jpg``)."""
+    if path.name.lower().endswith(WORKLOAD_INPUT_SUFFIX) and len(path.name) > len(WORKLOAD_INPUT_SUFFIX):
+        return path.name[: -len(WORKLOAD_INPUT_SUFFIX)]
+    return path.stem
 
 
 def list_images(folder: Path, recursive: bool = False, skip: Path | None = None) -> list[Path]:

@@ -28,7 +28,7 @@ import numpy as np
 
 from lens.conventions import PARAM_NAMES, SAFETY_STATS
 from lens.runtime.backends import Backend
-from lens.runtime.io import DecodedImage, ImageReadError, encode_image, list_images, output_format, read_image, splice_jpeg_metadata, write_atomic
+from lens.runtime.io import DecodedImage, ImageReadError, encode_image, list_images, output_format, output_stem, read_image, splice_jpeg_metadata, write_atomic
 from lens.runtime.lens_maps import correction_maps, lattice_safety, maps_from_lattice
 from lens.runtime.memory import keep_freed_memory
 from lens.runtime.metadata import IMAGES_FILE, RUN_DIR, SUMMARY_FILE
@@ -62,16 +62,17 @@ class Job:
 
 def plan(src: Path, out: Path, recursive: bool = False) -> tuple[list[Job], list[dict]]:
     """One job per input (sorted by path). An image's id is its path below ``src`` without the
-    suffix ("IMG_1", or "listing42/IMG_1" with ``recursive``) and its output the same path
-    below ``out``. Inputs whose output collides with an earlier one's are refused (two files
-    with one stem would overwrite each other), and so are inputs that their own output would
-    replace (OUT is the input's folder)."""
+    suffix ("IMG_1", or "listing42/IMG_1" with ``recursive``; "<id>" for a workload input
+    "<id>_original.jpg", `output_stem`) and its output the same path below ``out``. Inputs
+    whose output collides with an earlier one's are refused (two files with one stem would
+    overwrite each other), and so are inputs that their own output would replace (OUT is the
+    input's folder)."""
     sources = list_images(src, recursive, out.resolve()) if src.is_dir() else [src]
     jobs, refused, taken = [], [], {}
     for s in sources:
-        relative = s.relative_to(src) if src.is_dir() else Path(s.name)
-        image_id = relative.with_suffix("").as_posix()
-        name = relative.with_suffix(".png" if s.suffix.lower() == ".png" else ".jpg").as_posix()
+        relative = (s.relative_to(src) if src.is_dir() else Path(s.name)).with_name(output_stem(s))
+        image_id = relative.as_posix()
+        name = f"{image_id}{'.png' if s.suffix.lower() == '.png' else '.jpg'}"
         if name in taken:
             refused.append({"id": image_id, "source": str(s), "status": "failed", "error": f"output name {name} already taken by {taken[name].name}"})
             continue
