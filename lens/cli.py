@@ -6,6 +6,7 @@ and tables. Heavy imports (torch, onnxruntime) happen inside the commands so tha
 """
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
@@ -17,6 +18,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressC
 
 from lens import __version__
 
+LOG_WIDTH = 160  # columns of the console's lines when it writes to a file or a pipe
+
 app = typer.Typer(
     name="lens",
     help="Automatic lens-distortion correction: predict, export, run, check and package.",
@@ -25,6 +28,10 @@ app = typer.Typer(
     rich_markup_mode="markdown",
 )
 console = Console(stderr=True)
+if not console.is_terminal and "COLUMNS" not in os.environ:
+    # a log (cron, CI, a service's journal) is no terminal: Rich would squeeze tables into its
+    # default 80 columns and cut their numbers short ("8.94e…"); COLUMNS, if set, still decides
+    console.width = LOG_WIDTH
 
 
 def _version(value: bool) -> None:

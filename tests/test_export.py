@@ -1,6 +1,9 @@
 """`lens export` and `lens parity` on the shipped default checkpoint."""
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -82,6 +85,13 @@ def test_parity_command_passes_and_writes_a_report(build, tmp_path):
     assert report["passed"] and report["rows"][0]["grid_px"] < 0.01 and report["rows"][0]["modes_equal"]
     result = runner.invoke(app, ["parity", "--build", str(build), "--images", str(images), "--backends", "torch,onnxruntime,tensorrt", "--json", str(tmp_path / "q.json")])
     assert result.exit_code == 1 and "tensorrt unavailable" in result.output
+    # as a CI job or cron logs it (no terminal, no COLUMNS): the table keeps its names and numbers whole
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    logged = subprocess.run([sys.executable, "-m", "lens", "parity", "--build", str(build), "--images", str(images), "--json", str(tmp_path / "r.json")],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert logged.returncode == 0, logged.stderr
+    row = json.loads((tmp_path / "r.json").read_text())["rows"][0]
+    assert f"coffee.jpg │ {row['size']}" in logged.stderr and f"{row['params_rel']:.2e}" in logged.stderr and f"{row['grid_px']:.2e}" in logged.stderr
 
 
 def _gridsample_model(mode: str, opset: int) -> onnx.ModelProto:
