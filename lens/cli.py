@@ -7,6 +7,8 @@ and tables. Heavy imports (torch, onnxruntime) happen inside the commands so tha
 from __future__ import annotations
 
 import os
+import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
@@ -53,8 +55,58 @@ def main(
         raise typer.Exit(2)
 
 
+class _LoggedProgress(Progress):
+    """Rich's progress bar, which in a log (no terminal) is drawn once, at the end: a run of
+    thousands of photos under cron or systemd would say nothing for hours. There, each task
+    also prints a plain line at most every `progress_every_s` seconds as it advances."""
+
+    def __init__(self, *columns, counts: bool, **kwargs):
+        super().__init__(*columns, **kwargs)
+        self.counts = counts
+        self.every_s = progress_every_s() if not self.console.is_terminal else None
+        self.last_logged = time.monotonic()
+        self.log_lock = threading.Lock()  # workers advance the bar from their threads
+
+    def update(self, task_id, **kwargs) -> None:
+        super().update(task_id, **kwargs)
+        self._log_if_due(task_id)
+
+    def advance(self, task_id, advance: float = 1) -> None:
+        super().advance(task_id, advance)
+        self._log_if_due(task_id)
+
+    def _log_if_due(self, task_id) -> None:
+        if self.every_s is None:
+            return
+        with self.log_lock:
+            now = time.monotonic()
+            if now - self.last_logged < self.every_s:
+                return
+            self.last_logged = now
+        task = next(t for t in self.tasks if t.id == task_id)
+        done = f"{int(task.completed)}/{int(task.total)} ({task.percentage:.0f}%)" if self.counts and task.total else f"{task.percentage:.0f}%"
+        rate = str(task.fields.get("rate", "")).strip()
+        line = f"{task.description}: {done}" + (f", {rate}" if rate else "") + f", {_duration(task.elapsed or 0)} elapsed"
+        if task.time_remaining is not None:
+            line += f", about {_duration(task.time_remaining)} left"
+        self.console.print(escape(line), soft_wrap=True, highlight=False)
+
+
+def progress_every_s() -> float:
+    """Seconds between the progress lines of a log (`_LoggedProgress`): ``LENS_PROGRESS_EVERY_S``, else 30."""
+    try:
+        return max(0.0, float(os.environ.get("LENS_PROGRESS_EVERY_S", "30")))
+    except ValueError:
+        return 30.0
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
 def _progress(counts: bool = True) -> Progress:
-    return Progress(
+    return _LoggedProgress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn() if counts else TaskProgressColumn(),
@@ -64,6 +116,7 @@ def _progress(counts: bool = True) -> Progress:
         TimeRemainingColumn(),
         console=console,
         transient=False,
+        counts=counts,
     )
 
 
@@ -128,7 +181,6 @@ def run_cmd(
     metadata and a summary in `OUT/lens-run/`. Exit code 1 if any image failed, 2 if the run
     was refused before writing anything (another run writing to OUT, --resume with other
     settings, OUT = SRC, no images), 130 if interrupted (143 on SIGTERM)."""
-    import time
 
     from lens.runtime.backends import BackendUnavailable, read_manifest, select_backend
     from lens.runtime.cpu_budget import usable_cores
@@ -410,7 +462,6 @@ def train(
     step in progress finish and saves the state (exit 130 / 143); the same command carries on,
     with --minutes counting the stage's training time over all its runs."""
     _require_torch("train")
-    import time
 
     from lens.training.model import ModelConfig
     from lens.training.train import TrainConfig, TrainingStopped

@@ -2,6 +2,7 @@
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -376,6 +377,19 @@ def test_runtime_needs_no_torch(tmp_path, photos):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert len(list((tmp_path / "out").glob("*.jpg"))) == 9
+
+
+def test_a_run_logged_without_a_terminal_says_how_far_it_is_as_it_goes(tmp_path, photos):
+    """Under cron or systemd the output is a log, where Rich draws its bar once, at the end: a
+    run of thousands of photos would say nothing for hours. There it prints plain lines."""
+    env = {**os.environ, "LENS_PROGRESS_EVERY_S": "0"}
+    proc = subprocess.run([sys.executable, "-m", "lens", "run", str(photos), str(tmp_path / "out"), "--refine", "off"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stderr.splitlines()
+    done = [int(m.group(1)) for m in map(re.compile(r"^lens run: (\d+)/9 \(\d+%\), .* img/s, 0:00:\d\d elapsed").match, lines) if m]
+    assert len(done) >= 5 and done == sorted(done), lines
+    assert lines[-1].startswith("9 corrected") and all(not line.startswith("lens run:") for line in lines[-2:])
 
 
 @pytest.mark.parametrize("width", [1024, 2048])
