@@ -57,6 +57,20 @@ def test_line_fit_recovers_the_lens_of_a_held_out_scene(name, model):
     assert all(PARAM_BOUNDS[n][0] <= v <= PARAM_BOUNDS[n][1] for n, v in zip(PARAM_NAMES, fit.params))
 
 
+def test_a_lens_far_from_the_networks_is_read_from_a_second_start():
+    """A wide lens with strong barrel (general regime, held-out scene): from the network's lens,
+    53 px off, the rounds join the wrong pieces and the fit leaves the lines less straight than
+    it found them (F < 0); started again from the radial lens that joins the most straight
+    length, it reads the lens."""
+    true = [-0.35181987285614014, 0.0442034937441349, 0.02152227982878685, 0.0031158835627138615, -0.0034383214078843594,
+            0.8090193271636963, -0.003421003697440028, 0.007443681824952364]
+    network = [-0.1245, 0.1494, 0.1656, -0.0012, 0.0, 1.0343, 0.0006, 0.0078]  # the shipped model's prediction for it
+    grey = cv2.cvtColor(_distorted(render_scene(VAL_SEED_BASE + 5_030_025, 1366, 2048), true), cv2.COLOR_RGB2GRAY)
+    fit = refine_with_lines(grey, network)
+    assert fit.accepted and "from a second start" in fit.reason and "F = -" in fit.reason, fit.reason
+    assert _epe(network, true, 1366, 2048) > 50 and _epe(fit.params, true, 1366, 2048) < 1.0
+
+
 def test_the_same_photo_at_twice_the_size_gets_the_same_lens():
     # Edges are found at 1024 px whatever the photo's size, so the fit measures in pixels of
     # the photo scaled to 2048 px: counted in the photo's own pixels, its thresholds were half

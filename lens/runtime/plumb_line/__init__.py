@@ -16,7 +16,9 @@ the photo's long edges become straight after undistortion (the plumb-line method
 3. Levenberg-Marquardt with variable projection minimises each line's scale-free distance from
    straight, plus a prior around the network's radial shape (the same for every focal length
    of one warp); lines far worse than the median (curved objects) are dropped. Three rounds
-   with tighter joins.
+   with tighter joins. A fit that got lost from the network's lens (its lines straight but
+   two halves of them disagreeing, or less straight than before) starts once more from the
+   radial lens that joins the most straight length (`refine.SECOND_STARTS`).
 4. Model: the workload's centred radial lens (k1, k2; focal length kept: with a centred lens
    (k1, k2, f) are degenerate in pixels, f -> s f, k1 -> s^2 k1, k2 -> s^4 k2 is the same
    warp), or the full one (+ k3, p1, p2, principal point) when the lines clearly ask for it.
