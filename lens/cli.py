@@ -270,12 +270,15 @@ def run_cmd(
                               "every output written is complete. Add --resume to the same command to go on.", soft_wrap=True)
                 raise typer.Exit(143 if stopped_by[0] else 130)
     modes = ", ".join(f"{m} {n}" for m, n in summary["modes"].items() if n)
-    console.print(f"{summary['ok']} corrected ({modes or 'none'}), {len(summary['failed'])} failed, {summary['skipped_resume']} skipped; "
+    skipped, this_run = summary["skipped_resume"], summary["ok"] - summary["skipped_resume"]
+    # the counts are the folder's, earlier runs' images included: say which part this run did
+    done_here = f": {this_run} in this run, {skipped} skipped as done by an earlier run (--resume)" if skipped else ""
+    console.print(f"{summary['ok']} corrected ({modes or 'none'}){done_here}, {len(summary['failed'])} failed; "
                   f"{summary['throughput']['images_per_s'] or 0:.2f} images/s -> {escape(str(out))}", soft_wrap=True)
     lines = summary["lines"]
-    if "applied" in lines:
+    if "applied" in lines and this_run:
         kept = "; ".join(f"{n} {reason}" for reason, n in sorted(lines["kept_network"].items()))
-        console.print(f"line fit: {lines['applied']} of {summary['ok'] - summary['skipped_resume']} lenses refitted to straight lines"
+        console.print(f"line fit: {lines['applied']} of {this_run} lenses refitted to straight lines"
                       + (f" (network's kept: {kept})" if kept else ""), soft_wrap=True)
     if summary["failed"]:
         raise typer.Exit(1)

@@ -227,7 +227,7 @@ def test_resume_corrects_again_an_input_replaced_since(tmp_path, photos):
     replaced = sorted(shoot.iterdir())[1]
     replaced.write_bytes((photos / "p05.jpg").read_bytes())  # a re-shot photo, same name
     result = _run(shoot, out, "--resume", "--refine", "off")
-    assert result.exit_code == 0 and "2 skipped" in result.output
+    assert result.exit_code == 0 and ": 1 in this run, 2 skipped" in result.output
     fresh = tmp_path / "fresh"
     assert _run(shoot, fresh, "--refine", "off").exit_code == 0
     assert _outputs(out) == _outputs(fresh) and _outputs(out)[replaced.name] != first[replaced.name]
@@ -344,7 +344,7 @@ def test_recursive_run_mirrors_the_folders_and_leaves_its_output_out(tmp_path, p
     assert _run(shoots / "listing42" / "back" / "IMG_2.jpg", single, "--refine", "off").exit_code == 0
     assert (single / "IMG_2.jpg").read_bytes() == (out / "listing42" / "back" / "IMG_2.jpg").read_bytes()
     again = _run(shoots, out, "--recursive", "--refine", "off", "--resume")  # the output folder is not an input
-    assert again.exit_code == 0 and "0 failed, 4 skipped" in again.output
+    assert again.exit_code == 0 and "4 corrected (hybrid 4): 0 in this run, 4 skipped as done by an earlier run (--resume), 0 failed" in again.output
     elsewhere = tmp_path / "elsewhere"  # nor is an earlier run's output kept inside the input
     assert _run(shoots, elsewhere, "--recursive", "--refine", "off").exit_code == 0
     assert len(list(elsewhere.rglob("*.jpg"))) == 4
