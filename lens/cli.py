@@ -594,6 +594,10 @@ def score(
     if "mean_relative_score" in summary:
         line += f", uncorrected {summary['mean_uncorrected_score']:.2f}, relative {summary['mean_relative_score']:.2f}"
     console.print(line + f", {summary['hard_fails']} hard fail(s)")
+    missing = summary["without_target"]
+    if missing:
+        console.print(f"[yellow]not scored, no target in {escape(str(gt))}:[/] {len(missing)} prediction(s) "
+                      f"({escape(', '.join(missing[:5]))}{' ...' if len(missing) > 5 else ''})", soft_wrap=True)
 
 
 def _qa_report(pred: Path, inputs: Path, ids: Optional[Path], require_metadata: bool):

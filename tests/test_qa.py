@@ -58,11 +58,14 @@ def test_score_cli_writes_csv_and_relative_scores(tmp_path, submission, pairs):
     gt = tmp_path / "gt"
     for i, s in enumerate(pairs):
         write_image(gt / f"img{i}_generated.jpg", DecodedImage(s.target))
+    (pred / "stray.jpg").write_bytes((pred / "img0.jpg").read_bytes())  # no target: not scored, not a zero in the mean
     result = runner.invoke(app, ["score", str(pred), str(gt), "--inputs", str(inputs), "--csv", str(tmp_path / "s.csv"), "--json", str(tmp_path / "s.json")])
     assert result.exit_code == 0, result.output
     lines = (tmp_path / "s.csv").read_text().splitlines()
-    assert lines[0].startswith("id,score,relative_score") and len(lines) == 5
+    assert lines[0].startswith("id,score,relative_score") and len(lines) == 6
     summary = json.loads((tmp_path / "s.json").read_text())
+    assert summary["images"] == 4 and summary["hard_fails"] == 0 and summary["without_target"] == ["stray"]
+    assert "not scored, no target" in result.output and "stray" in result.output
     assert summary["mean_score"] > summary["mean_uncorrected_score"]
     assert summary["mean_relative_score"] > 50
 

@@ -158,8 +158,9 @@ def relative_score(pred: float, uncorrected: float) -> float:
 def score_folder(pred_dir, gt_dir, inputs_dir=None, workers: int = 2, on_image=None) -> tuple[list[dict], dict]:
     """Score every ``<id>.jpg`` in ``pred_dir`` against ``gt_dir`` (``<id>.jpg`` or
     ``<id>_generated.jpg``), and the uncorrected inputs too when ``inputs_dir`` is given.
-    Returns per-image rows (sorted by id) and a summary. OpenCV releases the GIL, so threads
-    use both cores."""
+    Returns per-image rows (sorted by id) and a summary. A prediction without a target is not
+    scored (``score`` None; the summary lists it under ``without_target``): a zero for it would
+    pull the mean down as a hard fail would. OpenCV releases the GIL, so threads use both cores."""
     from concurrent.futures import ThreadPoolExecutor
     from pathlib import Path
 
@@ -172,9 +173,12 @@ def score_folder(pred_dir, gt_dir, inputs_dir=None, workers: int = 2, on_image=N
         image_id = pred.stem
         row: dict = {"id": image_id}
         gt = find_by_id(gt_dir, image_id, TARGET_SUFFIXES)
+        if gt is None:  # nothing to score against: left out of the means, counted apart
+            row.update(score=None, error=f"no target {image_id}.jpg or {image_id}_generated.jpg in {gt_dir}")
+            if on_image:
+                on_image()
+            return row
         try:
-            if gt is None:
-                raise ImageReadError(Path(gt_dir) / f"{image_id}.jpg", "no target for this id")
             gt_grey = read_grey(gt)
             row.update(score_pair(read_grey(pred), gt_grey).to_dict())
             if inputs_dir is not None:
@@ -190,11 +194,12 @@ def score_folder(pred_dir, gt_dir, inputs_dir=None, workers: int = 2, on_image=N
 
     with ThreadPoolExecutor(max(1, workers)) as pool:
         rows = list(pool.map(one, preds))
-    scores = np.array([r["score"] for r in rows]) if rows else np.zeros(0)
+    scored = [r for r in rows if r["score"] is not None]
     summary = {
-        "images": len(rows),
-        "mean_score": float(scores.mean()) if rows else None,
-        "hard_fails": sum(1 for r in rows if r.get("hard_fail")),
+        "images": len(scored),
+        "mean_score": float(np.mean([r["score"] for r in scored])) if scored else None,
+        "hard_fails": sum(1 for r in scored if r.get("hard_fail")),
+        "without_target": [r["id"] for r in rows if r["score"] is None],
         "weights": WEIGHTS,
     }
     rel = [r["relative_score"] for r in rows if "relative_score" in r]
