@@ -410,31 +410,62 @@ def data_audit(
 def data_pseudo_label(
     folder: Path = typer.Argument(..., exists=True, file_okay=False, help="Folder of pairs in the workload layout.", show_default=False),
     limit: int = typer.Option(0, min=0, help="Only the first N pairs (0: all)."),
+    resume: bool = typer.Option(False, help="Skip pairs that already have a pseudo-label (an interrupted or partial run's)."),
 ) -> None:
     """Fit each pair's parametric warp (k1, k2, zoom, centre offset) by coarse-to-fine
-    registration and write `labels.jsonl` with the fit residual (grey levels)."""
+    registration and write it with its fit residual (grey levels) into `labels.jsonl`; the
+    labels of pairs not fitted this time are kept. Each label is saved as it is made, so an
+    interrupted run loses nothing: `--resume` goes on."""
     _require_torch("data pseudo-label")
     import json
 
     from lens.runtime.io import ImageReadError, read_image, write_atomic
-    from lens.training.pairs import LABELS_FILE, find_pairs
+    from lens.training.pairs import LABELS_FILE, find_pairs, read_labels
     from lens.training.pseudo_label import fit_pair
 
     pairs, _ = find_pairs(folder)
     pairs = pairs[:limit] if limit else pairs
-    records, failed = [], 0
-    with _progress() as progress:
-        task = progress.add_task("pseudo-label", total=len(pairs), rate="")
-        for pair in pairs:
+    labels = read_labels(folder)
+    # ~5 s a pair on 2 cores: a folder of thousands takes a day, so every label is appended
+    # here as it is made and merged into labels.jsonl at the end (or by the next --resume)
+    progress_file = folder / (LABELS_FILE + ".part")
+    saved = {}
+    if resume and progress_file.exists():
+        for line in progress_file.read_text().splitlines():
             try:
-                fit = fit_pair(read_image(pair.original).pixels, read_image(pair.generated).pixels)
-                records.append(fit.to_record(pair.pair_id))
-            except ImageReadError as exc:
-                failed += 1
-                progress.console.print(f"[red]failed:[/] {escape(str(exc))}", soft_wrap=True)
-            progress.advance(task)
-    write_atomic(folder / LABELS_FILE, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records).encode())
-    console.print(f"{len(records)} labels -> {escape(str(folder / LABELS_FILE))}, {failed} failed", soft_wrap=True)
+                rec = json.loads(line)
+            except json.JSONDecodeError:  # the last line of a killed run may be cut
+                continue
+            saved[rec["pair_id"]] = rec
+    labels.update(saved)
+    todo = [p for p in pairs if not (resume and labels.get(p.pair_id, {}).get("source") == "pseudo-label")]
+    if len(todo) < len(pairs):
+        console.print(f"{len(pairs) - len(todo)} pair(s) already pseudo-labelled (--resume)", soft_wrap=True)
+    failed = 0
+    with _progress() as progress, open(progress_file, "w") as log:
+        log.writelines(json.dumps(r, sort_keys=True) + "\n" for r in saved.values())
+        log.flush()
+        task = progress.add_task("pseudo-label", total=len(todo), rate="")
+        try:
+            for pair in todo:
+                try:
+                    labels[pair.pair_id] = fit_pair(read_image(pair.original).pixels, read_image(pair.generated).pixels).to_record(pair.pair_id)
+                    log.write(json.dumps(labels[pair.pair_id], sort_keys=True) + "\n")
+                    log.flush()
+                except ImageReadError as exc:
+                    failed += 1
+                    progress.console.print(f"[red]failed:[/] {escape(str(exc))}", soft_wrap=True)
+                progress.advance(task)
+        except KeyboardInterrupt:
+            progress.stop()
+            console.print(f"[yellow]interrupted[/]: the labels made so far are kept in {escape(str(progress_file))}; "
+                          "add --resume to the same command to go on", soft_wrap=True)
+            raise typer.Exit(130)
+    order = {p.pair_id: k for k, p in enumerate(find_pairs(folder)[0])}
+    merged = sorted(labels.values(), key=lambda r: (order.get(r["pair_id"], len(order)), r["pair_id"]))
+    write_atomic(folder / LABELS_FILE, "".join(json.dumps(r, sort_keys=True) + "\n" for r in merged).encode())
+    progress_file.unlink()
+    console.print(f"{len(todo) - failed} labels made, {len(merged)} in all -> {escape(str(folder / LABELS_FILE))}, {failed} failed", soft_wrap=True)
     if failed:
         raise typer.Exit(1)
 

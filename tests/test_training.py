@@ -1,5 +1,8 @@
 """Training side on tiny data: synthesis, pseudo-labels, stages with resume, eval, audit."""
 import json
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -170,7 +173,30 @@ def test_data_synth_audit_and_pseudo_label_on_the_workload_layout(tmp_path):
     result = runner.invoke(app, ["data", "pseudo-label", str(data), "--limit", "2"])
     assert result.exit_code == 0, result.output
     labels = [json.loads(line) for line in (data / "labels.jsonl").read_text().splitlines()]
-    assert len(labels) == 2 and all("fit_residual_grey" in r and r["source"] == "pseudo-label" for r in labels)
+    assert all("fit_residual_grey" in r and r["source"] == "pseudo-label" for r in labels[:2])
+    assert [r["source"] for r in labels[2:]] == ["synthetic:workload"] * 2  # the pairs not fitted keep their labels
+
+
+def test_pseudo_labels_survive_an_interruption_and_resume_to_the_same_file(tmp_path):
+    """~5 s a pair: a real folder takes a day. A killed run keeps every label made, and
+    --resume ends with the file an uninterrupted run writes."""
+    data, reference = tmp_path / "pairs", tmp_path / "reference"
+    for folder in (data, reference):
+        assert runner.invoke(app, ["data", "synth", str(folder), "--count", "4", "--width", "384", "--height", "256"]).exit_code == 0
+        (folder / "labels.jsonl").unlink()  # real pairs come without labels
+    assert runner.invoke(app, ["data", "pseudo-label", str(reference)]).exit_code == 0
+    proc = subprocess.Popen([sys.executable, "-m", "lens", "data", "pseudo-label", str(data)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    progress = data / "labels.jsonl.part"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (progress.exists() and progress.read_text().count("\n") >= 1):
+        time.sleep(0.02)
+    proc.kill()
+    proc.wait(60)
+    assert 1 <= progress.read_text().count("\n") < 4, "not killed mid-way"
+    result = runner.invoke(app, ["data", "pseudo-label", str(data), "--resume"])
+    assert result.exit_code == 0 and "already pseudo-labelled (--resume)" in result.output, result.output
+    assert (data / "labels.jsonl").read_bytes() == (reference / "labels.jsonl").read_bytes()
+    assert not progress.exists()
 
 
 def test_shoot_grouped_split_keeps_shoots_together():
