@@ -29,8 +29,8 @@ MIN_LINES = 5  # a fit stands on at least this many lines (its other checks: `ac
 # the network's focal length (k1 = -0.6 there undistorts the corners beyond recognition). On
 # draws no threshold was set on (2048 px, 48 per set, network's own predictions), mean gap to
 # the true lens: general seed 3 4.67 -> 2.37 px (fits 75 and 37 px off came to 1.1 and 0.25),
-# seed 4 2.91 -> 2.66 (16.5 -> 4.6); workload seed 3 and the 192 draws of seeds 0 and 1
-# unchanged. 9 of the 336 fits started again, 3 of them were used. Real photos
+# seed 4 2.91 -> 2.66 (16.5 -> 4.6); general seed 5, workload seed 3 and the 192 draws of
+# seeds 0 and 1 unchanged. 9 of 336 fits started again, 3 of them were used. Real photos
 # (`tools/line_fit_photos.py`, 17 photos x 16 lenses per regime): no line-free photo's fit
 # used; a motorcycle's 4 -> 7 (general) and 6 -> 7 (workload) of 16.
 SECOND_STARTS = (-0.45, -0.3, -0.15, 0.0, 0.15, 0.3)
