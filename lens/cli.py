@@ -437,6 +437,8 @@ def data_pseudo_label(
             except json.JSONDecodeError:  # the last line of a killed run may be cut
                 continue
             saved[rec["pair_id"]] = rec
+    elif progress_file.exists():
+        console.print(f"[yellow]redoing[/] the labels an interrupted run left in {escape(str(progress_file))} (--resume keeps them)", soft_wrap=True)
     labels.update(saved)
     todo = [p for p in pairs if not (resume and labels.get(p.pair_id, {}).get("source") == "pseudo-label")]
     if len(todo) < len(pairs):
