@@ -423,8 +423,8 @@ def data_pseudo_label(
     from lens.training.pairs import LABELS_FILE, find_pairs, read_labels
     from lens.training.pseudo_label import fit_pair
 
-    pairs, _ = find_pairs(folder)
-    pairs = pairs[:limit] if limit else pairs
+    every_pair, _ = find_pairs(folder)
+    pairs = every_pair[:limit] if limit else every_pair
     labels = read_labels(folder)
     # ~5 s a pair on 2 cores: a folder of thousands takes a day, so every label is appended
     # here as it is made and merged into labels.jsonl at the end (or by the next --resume)
@@ -463,7 +463,7 @@ def data_pseudo_label(
             console.print(f"[yellow]interrupted[/]: the labels made so far are kept in {escape(str(progress_file))}; "
                           "add --resume to the same command to go on", soft_wrap=True)
             raise typer.Exit(130)
-    order = {p.pair_id: k for k, p in enumerate(find_pairs(folder)[0])}
+    order = {p.pair_id: k for k, p in enumerate(every_pair)}
     merged = sorted(labels.values(), key=lambda r: (order.get(r["pair_id"], len(order)), r["pair_id"]))
     write_atomic(folder / LABELS_FILE, "".join(json.dumps(r, sort_keys=True) + "\n" for r in merged).encode())
     progress_file.unlink()

@@ -5,7 +5,7 @@ import re
 from pathlib import Path
 
 from lens.conventions import WORKLOAD_INPUT_SUFFIX, WORKLOAD_TARGET_SUFFIX
-from lens.runtime.io import is_workload_target
+from lens.runtime.io import is_workload_target, output_stem
 
 #: A submission entry: a flat, safe file name ending in lowercase .jpg.
 ENTRY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*\.jpg$")
@@ -14,11 +14,8 @@ TARGET_SUFFIXES = (WORKLOAD_TARGET_SUFFIX, ".jpg", ".jpeg", ".png")
 
 
 def id_of_input(path: Path) -> str:
-    name = path.name
-    for suffix in INPUT_SUFFIXES:
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return path.stem
+    """The id `lens run` names the input's correction by (`output_stem`)."""
+    return output_stem(path)
 
 
 def input_files(folder: str | Path) -> dict[str, Path]:
