@@ -411,6 +411,7 @@ def data_pseudo_label(
     folder: Path = typer.Argument(..., exists=True, file_okay=False, help="Folder of pairs in the workload layout.", show_default=False),
     limit: int = typer.Option(0, min=0, help="Only the first N pairs (0: all)."),
     resume: bool = typer.Option(False, help="Skip pairs that already have a pseudo-label (an interrupted or partial run's)."),
+    workers: int = typer.Option(0, min=0, help="Processes fitting pairs side by side (0: one per core this process may use)."),
 ) -> None:
     """Fit each pair's parametric warp (k1, k2, zoom, centre offset) by coarse-to-fine
     registration and write it with its fit residual (grey levels) into `labels.jsonl`; the
@@ -419,9 +420,10 @@ def data_pseudo_label(
     _require_torch("data pseudo-label")
     import json
 
-    from lens.runtime.io import ImageReadError, read_image, write_atomic
+    from lens.runtime.cpu_budget import usable_cores
+    from lens.runtime.io import write_atomic
     from lens.training.pairs import LABELS_FILE, find_pairs, read_labels
-    from lens.training.pseudo_label import fit_pair
+    from lens.training.pseudo_label import label_pairs
 
     every_pair, _ = find_pairs(folder)
     pairs = every_pair[:limit] if limit else every_pair
@@ -449,14 +451,14 @@ def data_pseudo_label(
         log.flush()
         task = progress.add_task("pseudo-label", total=len(todo), rate="")
         try:
-            for pair in todo:
-                try:
-                    labels[pair.pair_id] = fit_pair(read_image(pair.original).pixels, read_image(pair.generated).pixels).to_record(pair.pair_id)
-                    log.write(json.dumps(labels[pair.pair_id], sort_keys=True) + "\n")
-                    log.flush()
-                except ImageReadError as exc:
+            for record in label_pairs(todo, workers or usable_cores()):
+                if "error" in record:
                     failed += 1
-                    progress.console.print(f"[red]failed:[/] {escape(str(exc))}", soft_wrap=True)
+                    progress.console.print(f"[red]failed:[/] {escape(record['error'])}", soft_wrap=True)
+                else:
+                    labels[record["pair_id"]] = record
+                    log.write(json.dumps(record, sort_keys=True) + "\n")
+                    log.flush()
                 progress.advance(task)
         except KeyboardInterrupt:
             progress.stop()

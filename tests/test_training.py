@@ -179,13 +179,14 @@ def test_data_synth_audit_and_pseudo_label_on_the_workload_layout(tmp_path):
 
 def test_pseudo_labels_survive_an_interruption_and_resume_to_the_same_file(tmp_path):
     """~5 s a pair: a real folder takes a day. A killed run keeps every label made, and
-    --resume ends with the file an uninterrupted run writes."""
+    --resume ends with the file an uninterrupted run writes, whatever the number of workers."""
     data, reference = tmp_path / "pairs", tmp_path / "reference"
     for folder in (data, reference):
         assert runner.invoke(app, ["data", "synth", str(folder), "--count", "4", "--width", "384", "--height", "256"]).exit_code == 0
         (folder / "labels.jsonl").unlink()  # real pairs come without labels
-    assert runner.invoke(app, ["data", "pseudo-label", str(reference)]).exit_code == 0
-    proc = subprocess.Popen([sys.executable, "-m", "lens", "data", "pseudo-label", str(data)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert runner.invoke(app, ["data", "pseudo-label", str(reference), "--workers", "1"]).exit_code == 0
+    cmd = [sys.executable, "-m", "lens", "data", "pseudo-label", str(data), "--workers", "2"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     progress = data / "labels.jsonl.part"
     deadline = time.time() + 120
     while time.time() < deadline and not (progress.exists() and progress.read_text().count("\n") >= 1):
@@ -193,7 +194,7 @@ def test_pseudo_labels_survive_an_interruption_and_resume_to_the_same_file(tmp_p
     proc.kill()
     proc.wait(60)
     assert 1 <= progress.read_text().count("\n") < 4, "not killed mid-way"
-    result = runner.invoke(app, ["data", "pseudo-label", str(data), "--resume"])
+    result = runner.invoke(app, ["data", "pseudo-label", str(data), "--resume", "--workers", "2"])
     assert result.exit_code == 0 and "already pseudo-labelled (--resume)" in result.output, result.output
     assert (data / "labels.jsonl").read_bytes() == (reference / "labels.jsonl").read_bytes()
     assert not progress.exists()
