@@ -87,6 +87,32 @@ def test_originals_are_never_overwritten_by_their_corrections(tmp_path, photos):
     assert _outputs(folder) == before
 
 
+def test_inputs_sharing_an_output_name_fail_visibly_and_the_named_one_keeps_it(tmp_path, photos):
+    """'a.jpeg' and 'a.jpg' both correct to 'a.jpg', as do 'b_original.jpg' and 'b.jpg': one
+    of each pair is corrected, the other is a counted failure (exit code 1), not a record
+    overwritten by its neighbour's."""
+    src = tmp_path / "in"
+    src.mkdir()
+    shutil.copy(photos / "p00.jpg", src / "a.jpeg")
+    shutil.copy(photos / "p01.jpg", src / "a.jpg")
+    shutil.copy(photos / "p02.jpg", src / "b.jpg")
+    shutil.copy(photos / "p03.jpg", src / "b_original.jpg")
+    out = tmp_path / "out"
+    result = _run(src, out)
+    assert result.exit_code == 1, result.output
+    assert "2 failed" in result.output
+    assert sorted(_outputs(out)) == ["a.jpg", "b.jpg"]
+    for name, source in (("a.jpg", "p01.jpg"), ("b.jpg", "p02.jpg")):  # the input already named so
+        with Image.open(out / name) as corrected, Image.open(photos / source) as original:
+            assert corrected.size == original.size
+    summary = json.loads((out / "lens-run" / "summary.json").read_text())
+    assert summary["images"] == 4 and summary["ok"] == 2
+    assert {Path(f["source"]).name: f["reason"] for f in summary["failed"]} == {
+        "a.jpeg": "output name a.jpg already taken by a.jpg", "b_original.jpg": "output name b.jpg already taken by b.jpg"}
+    records = {r["id"]: r for r in map(json.loads, (out / "lens-run" / "images.jsonl").read_text().splitlines())}
+    assert records["a"]["source"].endswith("a.jpg") and records["a.jpeg"]["status"] == "failed"
+
+
 def test_forced_modes_are_applied_and_recorded(tmp_path, photos):
     src = tmp_path / "one"
     src.mkdir()

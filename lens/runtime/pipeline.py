@@ -64,25 +64,34 @@ def plan(src: Path, out: Path, recursive: bool = False) -> tuple[list[Job], list
     """One job per input (sorted by path). An image's id is its path below ``src`` without the
     suffix ("IMG_1", or "listing42/IMG_1" with ``recursive``; "<id>" for a workload input
     "<id>_original.jpg", `output_stem`) and its output the same path below ``out``. Inputs
-    whose output collides with an earlier one's are refused (two files with one stem would
-    overwrite each other), and so are inputs that their own output would replace (OUT is the
-    input's folder)."""
+    whose output another input already has are refused (two files with one stem would
+    overwrite each other): the input already named as the output keeps it ("a.jpg" over
+    "a.jpeg" and "a_original.jpg"), else the first by path. So are inputs that their own output
+    would replace (OUT is the input's folder). A refused input's record has its path below
+    ``src`` as its id, suffix included, so that it is counted beside the image that has the name."""
     sources = list_images(src, recursive, out.resolve()) if src.is_dir() else [src]
-    jobs, refused, taken = [], [], {}
+    planned = []
     for s in sources:
         relative = (s.relative_to(src) if src.is_dir() else Path(s.name)).with_name(output_stem(s))
         image_id = relative.as_posix()
-        name = f"{image_id}{'.png' if s.suffix.lower() == '.png' else '.jpg'}"
+        planned.append((s, image_id, f"{image_id}{'.png' if s.suffix.lower() == '.png' else '.jpg'}"))
+    jobs, refused, taken = [], [], {}
+    for s, image_id, name in sorted(planned, key=lambda p: (p[0].name != Path(p[2]).name, p[0])):  # stable: by path within each
+        refused_id = (s.relative_to(src) if src.is_dir() else Path(s.name)).as_posix()
         if name in taken:
-            refused.append({"id": image_id, "source": str(s), "status": "failed", "error": f"output name {name} already taken by {taken[name].name}"})
+            refused.append({"id": refused_id, "source": str(s), "status": "failed", "error": f"output name {name} already taken by {taken[name].name}"})
             continue
         if (out / name).resolve() == s.resolve():
-            refused.append({"id": image_id, "source": str(s), "status": "failed",
+            refused.append({"id": refused_id, "source": str(s), "status": "failed",
                             "error": f"the output {out / name} would replace this input: choose an output folder other than the input's"})
             continue
         taken[name] = s
         jobs.append(Job(image_id, s, out / name, source_stat=source_stat(s)))
-    return jobs, refused
+    ids = {j.image_id for j in jobs}
+    for r in refused:  # "a.jpeg" refused, while "a.jpeg.jpg" is corrected as "a.jpeg"
+        if r["id"] in ids:
+            r["id"] += " (refused input)"
+    return sorted(jobs, key=lambda j: j.source), refused
 
 
 def _decode(job: Job, keep_jpeg: bool = False) -> Job:
