@@ -195,7 +195,12 @@ def run_cmd(
     if src.is_dir() and out.resolve() == src.resolve():  # corrected copies would replace the originals
         raise typer.BadParameter(f"{out} is the input folder: the corrected photos would replace the originals; choose another folder",
                                  param_hint="OUT")
-    from lens.runtime.io import IMAGE_SUFFIXES, scan_inputs
+    from lens.runtime.io import IMAGE_SUFFIXES, output_name, scan_inputs
+
+    if not out.exists() and out.suffix.lower() in IMAGE_SUFFIXES:  # `lens run a.jpg b.jpg` would make a folder b.jpg/ holding a.jpg
+        example = f"writes corrected/{output_name(src)}" if src.is_file() else "writes the photos into corrected/"
+        raise typer.BadParameter(f"{out} looks like an image file name: OUT is the folder the corrected "
+                                 f"photos go to, under their own names (lens run {src} corrected/ {example})", param_hint="OUT")
 
     images, ignored, targets = scan_inputs(src, recursive, out.resolve()) if src.is_dir() else ([src], {}, 0)
     total = len(images)

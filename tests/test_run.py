@@ -87,6 +87,14 @@ def test_originals_are_never_overwritten_by_their_corrections(tmp_path, photos):
     assert _outputs(folder) == before
 
 
+def test_an_output_named_like_an_image_file_is_refused_before_anything_is_written(tmp_path, photos):
+    """`lens run a.jpg b.jpg` would have made a folder b.jpg/ holding a.jpg."""
+    result = _run(photos / "p00.jpg", tmp_path / "fixed.jpg")
+    assert result.exit_code == 2 and "looks like an image file name" in result.output
+    assert "corrected/p00.jpg" in result.output
+    assert not (tmp_path / "fixed.jpg").exists()
+
+
 def test_inputs_sharing_an_output_name_fail_visibly_and_the_named_one_keeps_it(tmp_path, photos):
     """'a.jpeg' and 'a.jpg' both correct to 'a.jpg', as do 'b_original.jpg' and 'b.jpg': one
     of each pair is corrected, the other is a counted failure (exit code 1), not a record

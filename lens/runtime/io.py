@@ -340,6 +340,12 @@ def output_stem(path: Path) -> str:
     return path.stem
 
 
+def output_name(path: Path) -> str:
+    """The file name of the correction of ``path``: `output_stem`, ``.png`` for a PNG, else
+    ``.jpg`` (every other format is written as JPEG)."""
+    return output_stem(path) + (".png" if path.suffix.lower() == ".png" else ".jpg")
+
+
 def list_images(folder: Path, recursive: bool = False, skip: Path | None = None) -> list[Path]:
     """The image files of `scan_inputs`."""
     return scan_inputs(folder, recursive, skip)[0]

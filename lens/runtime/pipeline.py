@@ -28,7 +28,7 @@ import numpy as np
 
 from lens.conventions import PARAM_NAMES, SAFETY_STATS
 from lens.runtime.backends import Backend
-from lens.runtime.io import DecodedImage, ImageReadError, encode_image, list_images, output_format, output_stem, read_image, splice_jpeg_metadata, write_atomic
+from lens.runtime.io import DecodedImage, ImageReadError, encode_image, list_images, output_format, output_name, output_stem, read_image, splice_jpeg_metadata, write_atomic
 from lens.runtime.lens_maps import correction_maps, lattice_safety, maps_from_lattice
 from lens.runtime.memory import keep_freed_memory
 from lens.runtime.metadata import IMAGES_FILE, RUN_DIR, SUMMARY_FILE
@@ -72,9 +72,8 @@ def plan(src: Path, out: Path, recursive: bool = False) -> tuple[list[Job], list
     sources = list_images(src, recursive, out.resolve()) if src.is_dir() else [src]
     planned = []
     for s in sources:
-        relative = (s.relative_to(src) if src.is_dir() else Path(s.name)).with_name(output_stem(s))
-        image_id = relative.as_posix()
-        planned.append((s, image_id, f"{image_id}{'.png' if s.suffix.lower() == '.png' else '.jpg'}"))
+        relative = s.relative_to(src) if src.is_dir() else Path(s.name)
+        planned.append((s, relative.with_name(output_stem(s)).as_posix(), relative.with_name(output_name(s)).as_posix()))
     jobs, refused, taken = [], [], {}
     for s, image_id, name in sorted(planned, key=lambda p: (p[0].name != Path(p[2]).name, p[0])):  # stable: by path within each
         refused_id = (s.relative_to(src) if src.is_dir() else Path(s.name)).as_posix()
