@@ -276,16 +276,49 @@ def test_an_output_folder_that_cannot_be_made_is_a_clear_error(tmp_path, photos)
 def test_files_that_are_not_images_are_named_and_an_empty_input_is_an_error(tmp_path, photos):
     shoot = tmp_path / "shoot"
     shoot.mkdir()
-    for name in ("IMG_1.HEIC", "IMG_2.heic", "IMG_3.CR2"):  # what a camera card also holds
+    for name in ("IMG_1.NEF", "IMG_2.nef", "IMG_3.CR2"):  # what a camera card also holds
         (shoot / name).write_bytes(b"raw")
     result = _run(shoot, tmp_path / "out")
     assert result.exit_code == 2 and "no images in" in result.output
-    assert "ignored (not a jpg/jpeg/png" in result.output and "1 .cr2, 2 .heic" in result.output
+    assert "ignored (not a jpg/jpeg/png" in result.output and "1 .cr2, 2 .nef" in result.output
     (shoot / "p00.jpg").write_bytes((photos / "p00.jpg").read_bytes())
     result = _run(shoot, tmp_path / "out", "--refine", "off")
-    assert result.exit_code == 0 and "1 .cr2, 2 .heic" in result.output
+    assert result.exit_code == 0 and "1 .cr2, 2 .nef" in result.output
     summary = json.loads((tmp_path / "out" / "lens-run" / "summary.json").read_text())
-    assert summary["ok"] == 1 and summary["ignored_files"] == {".cr2": 1, ".heic": 2}
+    assert summary["ok"] == 1 and summary["ignored_files"] == {".cr2": 1, ".nef": 2}
+
+
+def test_a_phones_heic_photo_is_corrected_upright_into_a_jpeg(tmp_path, monkeypatch):
+    """iPhones save HEIC. Its rotation lives in the container: libheif decodes it upright, so the
+    JPEG is upright with orientation 1, and keeps the rest of the EXIF. Without the heif extra
+    the photo fails with the command that adds it."""
+    import pillow_heif  # the dev extra has it
+
+    from lens.runtime import io as lens_io
+
+    rgb = _small("rocket.jpg", 480)
+    exif = Image.Exif()
+    exif[0x0112], exif[0x010F] = 6, "Apple"
+    shoot = tmp_path / "shoot"
+    shoot.mkdir()
+    pillow_heif.from_pillow(Image.fromarray(rgb)).save(shoot / "IMG_1.HEIC", quality=90, exif=exif.tobytes())
+    (shoot / "IMG_2.jpg").write_bytes((shoot / "IMG_1.HEIC").read_bytes())  # a HEIC named .jpg, as some exports are
+    lens_io._heif_problem.cache_clear()
+    result = _run(shoot, tmp_path / "out", "--refine", "off")
+    assert result.exit_code == 0, result.output
+    for name in ("IMG_1.jpg", "IMG_2.jpg"):
+        with Image.open(tmp_path / "out" / name) as out:
+            assert out.format == "JPEG" and out.size == (rgb.shape[0], rgb.shape[1])  # upright: turned a quarter
+            assert out.getexif().get(0x0112, 1) == 1 and out.getexif()[0x010F] == "Apple"
+    qa = runner.invoke(app, ["qa", str(tmp_path / "out"), "--inputs", str(shoot)])  # its inputs are the HEICs
+    assert qa.exit_code == 0 and "QA passed (2 checked)" in qa.output, qa.output
+    monkeypatch.setitem(sys.modules, "pillow_heif", None)  # a base install
+    lens_io._heif_problem.cache_clear()
+    try:
+        result = _run(shoot, tmp_path / "no_extra", "--refine", "off")
+    finally:
+        lens_io._heif_problem.cache_clear()
+    assert result.exit_code == 1 and result.output.count("pip install 'lens[heif]'") == 2, result.output
 
 
 def _exif_with_thumbnail(orientation: int, thumbnail: bytes) -> bytes:

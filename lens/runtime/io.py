@@ -1,7 +1,8 @@
 """Reading and writing photographs: every failure is named, every write is atomic.
 
 Pillow reads every file's header, EXIF and ICC profile and decodes every mode a camera or
-editor produces. The common case, an 8-bit RGB or greyscale JPEG/PNG, is decoded and JPEGs are
+editor produces (HEIC / HEIF through pillow-heif, the ``heif`` extra, registered on the first
+such file). The common case, an 8-bit RGB or greyscale JPEG/PNG, is decoded and JPEGs are
 encoded by OpenCV instead (libjpeg-turbo without Pillow's copies: ~20 vs ~30 ms each way for
 a 2048 px photo), with EXIF and ICC spliced back into the JPEG. Pixels are handled in their
 stored orientation. Lens distortion lives in the sensor's frame,
@@ -10,6 +11,7 @@ is copied to the output: viewers then show the corrected image the same way up a
 """
 from __future__ import annotations
 
+import functools
 import os
 import struct
 import tempfile
@@ -24,8 +26,11 @@ from PIL import Image, UnidentifiedImageError
 
 from lens.conventions import WORKLOAD_INPUT_SUFFIX, WORKLOAD_TARGET_SUFFIX
 
-#: Extensions read as images when a folder is given.
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
+#: Extensions read as images when a folder is given (HEIC / HEIF with the ``heif`` extra).
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp", ".heic", ".heif")
+# ISO-BMFF major brands of HEIF stills (a phone's HEIC, whatever its name says)
+_HEIF_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1")
+HEIF_EXTRA_HINT = "a HEIC/HEIF photo needs the heif extra: pip install 'lens[heif]' (from a clone: pip install '.[heif]')"
 #: Refuse images above this many pixels (a decompression bomb expands a small file into
 #: gigabytes); 150 MP is above any current camera's output.
 MAX_PIXELS = 150_000_000
@@ -71,6 +76,26 @@ class DecodedImage:
     @property
     def width(self) -> int:
         return self.pixels.shape[1] if self.pixels is not None else self.encoded_size[1]
+
+
+def _is_heif(path: Path) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(12)
+    return head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS
+
+
+@functools.cache
+def _heif_problem() -> str | None:
+    """Teach Pillow HEIF (pillow-heif: libheif, which phones' HEIC photos need and Pillow does
+    not bundle); None, or why it cannot. libheif applies the file's rotation and mirroring as it
+    decodes and pillow-heif sets the EXIF orientation to 1 to match, so a HEIC photo is corrected
+    upright and its output needs no orientation tag."""
+    try:
+        import pillow_heif
+    except ImportError:
+        return HEIF_EXTRA_HINT
+    pillow_heif.register_heif_opener()
+    return None
 
 
 def _to_uint8_array(img: Image.Image) -> np.ndarray:
@@ -126,6 +151,8 @@ def read_image(path: str | os.PathLike, keep_jpeg: bool = False) -> DecodedImage
     if size == 0:
         raise ImageReadError(path, "empty file (0 bytes)")
     try:
+        if _is_heif(path) and (problem := _heif_problem()):
+            raise ImageReadError(path, problem)
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
@@ -344,6 +371,22 @@ def output_name(path: Path) -> str:
     """The file name of the correction of ``path``: `output_stem`, ``.png`` for a PNG, else
     ``.jpg`` (every other format is written as JPEG)."""
     return output_stem(path) + (".png" if path.suffix.lower() == ".png" else ".jpg")
+
+
+def claim_output_names(sources: list[Path], root: Path | None) -> tuple[dict[str, Path], list[tuple[Path, str, Path]]]:
+    """Each source's output name (`output_name`, as a posix path below ``root``; None: the
+    name alone), and the sources whose name another source already has, as (source, name,
+    holder): two corrections with one name would overwrite each other. The source already
+    named as the output keeps it ("a.jpg" over "a.jpeg" and "a_original.jpg"), else the first
+    by path. `lens run` names its outputs, and `lens qa` its expected ids, by this."""
+    named, refused = {}, []
+    for s in sorted(sources, key=lambda s: (s.name != output_name(s), s)):
+        name = (s.relative_to(root) if root is not None else Path(s.name)).with_name(output_name(s)).as_posix()
+        if name in named:
+            refused.append((s, name, named[name]))
+        else:
+            named[name] = s
+    return dict(sorted(named.items(), key=lambda item: item[1])), refused
 
 
 def list_images(folder: Path, recursive: bool = False, skip: Path | None = None) -> list[Path]:

@@ -28,7 +28,7 @@ import numpy as np
 
 from lens.conventions import PARAM_NAMES, SAFETY_STATS
 from lens.runtime.backends import Backend
-from lens.runtime.io import DecodedImage, ImageReadError, encode_image, list_images, output_format, output_name, output_stem, read_image, splice_jpeg_metadata, write_atomic
+from lens.runtime.io import DecodedImage, ImageReadError, claim_output_names, encode_image, list_images, output_format, read_image, splice_jpeg_metadata, write_atomic
 from lens.runtime.lens_maps import correction_maps, lattice_safety, maps_from_lattice
 from lens.runtime.memory import keep_freed_memory
 from lens.runtime.metadata import IMAGES_FILE, RUN_DIR, SUMMARY_FILE
@@ -63,34 +63,31 @@ class Job:
 def plan(src: Path, out: Path, recursive: bool = False) -> tuple[list[Job], list[dict]]:
     """One job per input (sorted by path). An image's id is its path below ``src`` without the
     suffix ("IMG_1", or "listing42/IMG_1" with ``recursive``; "<id>" for a workload input
-    "<id>_original.jpg", `output_stem`) and its output the same path below ``out``. Inputs
-    whose output another input already has are refused (two files with one stem would
-    overwrite each other): the input already named as the output keeps it ("a.jpg" over
-    "a.jpeg" and "a_original.jpg"), else the first by path. So are inputs that their own output
-    would replace (OUT is the input's folder). A refused input's record has its path below
-    ``src`` as its id, suffix included, so that it is counted beside the image that has the name."""
+    "<id>_original.jpg") and its output the same path below ``out`` (`claim_output_names`).
+    Refused: inputs whose output name another input has (two files with one stem would
+    overwrite each other), and inputs that their own output would replace (OUT is the input's
+    folder). A refused input's record has its path below ``src`` as its id, suffix included,
+    so that it is counted beside the image that has the name."""
     sources = list_images(src, recursive, out.resolve()) if src.is_dir() else [src]
-    planned = []
-    for s in sources:
-        relative = s.relative_to(src) if src.is_dir() else Path(s.name)
-        planned.append((s, relative.with_name(output_stem(s)).as_posix(), relative.with_name(output_name(s)).as_posix()))
-    jobs, refused, taken = [], [], {}
-    for s, image_id, name in sorted(planned, key=lambda p: (p[0].name != Path(p[2]).name, p[0])):  # stable: by path within each
-        refused_id = (s.relative_to(src) if src.is_dir() else Path(s.name)).as_posix()
-        if name in taken:
-            refused.append({"id": refused_id, "source": str(s), "status": "failed", "error": f"output name {name} already taken by {taken[name].name}"})
-            continue
+    named, clashes = claim_output_names(sources, src if src.is_dir() else None)
+
+    def refused_id(s: Path) -> str:
+        return (s.relative_to(src) if src.is_dir() else Path(s.name)).as_posix()
+
+    refused = [{"id": refused_id(s), "source": str(s), "status": "failed", "error": f"output name {name} already taken by {holder.name}"}
+               for s, name, holder in clashes]
+    jobs = []
+    for name, s in named.items():
         if (out / name).resolve() == s.resolve():
-            refused.append({"id": refused_id, "source": str(s), "status": "failed",
+            refused.append({"id": refused_id(s), "source": str(s), "status": "failed",
                             "error": f"the output {out / name} would replace this input: choose an output folder other than the input's"})
             continue
-        taken[name] = s
-        jobs.append(Job(image_id, s, out / name, source_stat=source_stat(s)))
+        jobs.append(Job(name[: -len(Path(name).suffix)], s, out / name, source_stat=source_stat(s)))
     ids = {j.image_id for j in jobs}
     for r in refused:  # "a.jpeg" refused, while "a.jpeg.jpg" is corrected as "a.jpeg"
         if r["id"] in ids:
             r["id"] += " (refused input)"
-    return sorted(jobs, key=lambda j: j.source), refused
+    return jobs, refused
 
 
 def _decode(job: Job, keep_jpeg: bool = False) -> Job:
