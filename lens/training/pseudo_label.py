@@ -10,8 +10,14 @@ that corrects. For each pair we fit ``k1, k2``, a small principal-point offset a
    moving them as displacements in pixels (`_fit_variables`): on 24 seeded workload-like
    lenses (`tools/pseudo_label_accuracy.py --pairs 24 --seed 2`) the EPE at 2048 px went from
    a mean of 89.7 px (6 fits over 0.3 px, one run off to k1 = -1.8 and beyond) to 0.016 px
-   (at most 0.044; with one torch thread per fit, as `label_pair` runs it: 0.017, at most
-   0.047; seeds 0, 1 and 3: at most 0.035, 0.053 and 0.21 px).
+   (at most 0.044).
+3. Most steps at the finest level (`STEPS_PER_LEVEL`). A coarse level's optimum is off the
+   true lens (a warp's magnification blurs the source after the area-averaging, the target
+   before it), and a fit that settles there slides only slowly back along the valley of a
+   centre offset traded against k1 and k2: with (40, 30, 20, 10) steps one of 96 pairs
+   (seeds 0-3 of the tool above, one torch thread) stayed 0.21 px off with a 25 px centre
+   offset. With (40, 20, 10, 20): mean 0.013-0.016 px per seed, at most 0.034 (before
+   0.017-0.024, at most 0.21), for ~1.2x the time.
 
 The fit residual (mean absolute grey-level difference after warping, at the finest level) is
 stored with the label so that training can skip pairs the parametric model does not explain.
@@ -31,7 +37,7 @@ from lens.training.losses import EPE_COLS, EPE_ROWS, endpoint_error, warp_points
 
 LEVEL_WIDTHS = (128, 256, 512, 1024)
 K1_SEARCH = np.linspace(-0.5, 0.3, 41)
-STEPS_PER_LEVEL = (40, 30, 20, 10)
+STEPS_PER_LEVEL = (40, 20, 10, 20)
 
 
 @dataclass
