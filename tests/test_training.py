@@ -7,6 +7,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from typer.testing import CliRunner
 
 from lens.cli import app
@@ -163,12 +164,26 @@ def test_data_synth_audit_and_pseudo_label_on_the_workload_layout(tmp_path):
     (data / "orphan_original.jpg").write_bytes((next(data.glob("*_original.jpg"))).read_bytes())
     (data / "broken_g0_original.jpg").write_bytes(b"junk")
     (data / "broken_g0_generated.jpg").write_bytes(b"junk")
+    first = sorted(data.glob("synth-*_original.jpg"))[0]
+    (data / "same_g0_original.jpg").write_bytes(first.read_bytes())  # a "correction" that did nothing
+    (data / "same_g0_generated.jpg").write_bytes(first.read_bytes())
+    (data / "cut_g0_original.jpg").write_bytes(first.read_bytes()[:-3000])  # a truncated download
+    (data / "cut_g0_generated.jpg").write_bytes(first.read_bytes())
+    small = tmp_path / "small.jpg"
+    Image.open(first).resize((192, 128)).save(small)
+    (data / "shrunk_g0_original.jpg").write_bytes(first.read_bytes())
+    (data / "shrunk_g0_generated.jpg").write_bytes(small.read_bytes())
     result = runner.invoke(app, ["data", "audit", str(data), "--json", str(tmp_path / "audit.json")])
     assert result.exit_code == 1
     report = json.loads((tmp_path / "audit.json").read_text())
-    assert report["pairs"] == 5 and report["unmatched"] == ["orphan_original.jpg"] and report["unreadable"]
-    (data / "broken_g0_original.jpg").unlink()
-    (data / "broken_g0_generated.jpg").unlink()
+    assert report["pairs"] == 8 and report["unmatched"] == ["orphan_original.jpg"]
+    assert sorted(u["file"] for u in report["unreadable"]) == ["broken_g0_original.jpg", "cut_g0_original.jpg"]
+    assert report["sizes"] == {"384x256": 6}  # the stored size, not the thumbnail's decoding scale
+    assert report["size_mismatch"] == [{"pair_id": "shrunk_g0", "original": [384, 256], "generated": [192, 128]}]
+    assert report["near_identical"] == ["same_g0"]
+    for name in ("broken", "same", "cut", "shrunk"):
+        for p in data.glob(f"{name}_g0_*.jpg"):
+            p.unlink()
     (data / "orphan_original.jpg").unlink()
     result = runner.invoke(app, ["data", "pseudo-label", str(data), "--limit", "2"])
     assert result.exit_code == 0, result.output
