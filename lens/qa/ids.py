@@ -4,12 +4,11 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from lens.conventions import WORKLOAD_INPUT_SUFFIX, WORKLOAD_TARGET_SUFFIX
+from lens.conventions import WORKLOAD_TARGET_SUFFIX
 from lens.runtime.io import claim_output_names, list_images
 
 #: A submission entry: a flat, safe file name ending in lowercase .jpg.
 ENTRY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*\.jpg$")
-INPUT_SUFFIXES = (WORKLOAD_INPUT_SUFFIX, ".jpg", ".jpeg", ".png")
 TARGET_SUFFIXES = (WORKLOAD_TARGET_SUFFIX, ".jpg", ".jpeg", ".png")
 
 

@@ -164,10 +164,11 @@ def score_folder(pred_dir, gt_dir, inputs_dir=None, workers: int = 2, on_image=N
     from concurrent.futures import ThreadPoolExecutor
     from pathlib import Path
 
-    from lens.qa.ids import INPUT_SUFFIXES, TARGET_SUFFIXES, find_by_id
+    from lens.qa.ids import TARGET_SUFFIXES, find_by_id, input_files
     from lens.runtime.io import ImageReadError
 
     preds = sorted(p for p in Path(pred_dir).iterdir() if p.is_file() and p.suffix.lower() in (".jpg", ".jpeg", ".png") and not p.name.startswith("."))
+    inputs = input_files(inputs_dir) if inputs_dir is not None else {}  # by id, as `lens run` named their corrections
 
     def one(pred: Path) -> dict:
         image_id = pred.stem
@@ -181,11 +182,10 @@ def score_folder(pred_dir, gt_dir, inputs_dir=None, workers: int = 2, on_image=N
         try:
             gt_grey = read_grey(gt)
             row.update(score_pair(read_grey(pred), gt_grey).to_dict())
-            if inputs_dir is not None:
-                src = find_by_id(inputs_dir, image_id, INPUT_SUFFIXES)
-                if src is not None:
-                    row["uncorrected_score"] = score_pair(read_grey(src), gt_grey).score
-                    row["relative_score"] = relative_score(row["score"], row["uncorrected_score"])
+            src = inputs.get(image_id)
+            if src is not None:
+                row["uncorrected_score"] = score_pair(read_grey(src), gt_grey).score
+                row["relative_score"] = relative_score(row["score"], row["uncorrected_score"])
         except ImageReadError as exc:
             row.update(score=0.0, hard_fail="unreadable", error=str(exc))
         if on_image:
