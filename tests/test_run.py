@@ -310,7 +310,7 @@ def test_a_phones_heic_photo_is_corrected_upright_into_a_jpeg(tmp_path, monkeypa
         with Image.open(tmp_path / "out" / name) as out:
             assert out.format == "JPEG" and out.size == (rgb.shape[0], rgb.shape[1])  # upright: turned a quarter
             assert out.getexif().get(0x0112, 1) == 1 and out.getexif()[0x010F] == "Apple"
-    qa = runner.invoke(app, ["qa", str(tmp_path / "out"), "--inputs", str(shoot)])  # its inputs are the HEICs
+    qa = runner.invoke(app, ["qa", str(tmp_path / "out"), "--inputs", str(shoot), "--json", str(tmp_path / "qa.json")])  # its inputs are the HEICs
     assert qa.exit_code == 0 and "QA passed (2 checked)" in qa.output, qa.output
     monkeypatch.setitem(sys.modules, "pillow_heif", None)  # a base install
     lens_io._heif_problem.cache_clear()
