@@ -319,7 +319,10 @@ def undistort(
         camera = OutputCamera(alpha=alpha, zoom=zoom)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
-    pairs = plan_outputs(src, dst)
+    try:
+        pairs = plan_outputs(src, dst)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="DST") from None
     if not pairs:
         console.print(f"[red]error:[/] no images found in {escape(str(src))}", soft_wrap=True)
         raise typer.Exit(2)

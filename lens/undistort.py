@@ -84,10 +84,13 @@ def plan_outputs(src: Path, dst: Path) -> list[tuple[Path, Path]]:
     """(input, output) pairs for a file or a folder ``src``.
 
     A folder writes into folder ``dst``; a file writes to ``dst`` when ``dst`` has an image
-    suffix, else into folder ``dst`` under the input's name."""
+    suffix (ValueError unless .jpg, .jpeg or .png), else into folder ``dst`` under the input's
+    name."""
     if src.is_dir():
         return [(p, output_path_for(p, dst)) for p in list_images(src)]
     if dst.suffix.lower() in IMAGE_SUFFIXES and not dst.is_dir():
+        if dst.suffix.lower() not in (".jpg", ".jpeg", ".png"):  # its bytes would be a JPEG's under another format's name
+            raise ValueError(f"{dst}: outputs are written as JPEG or PNG; name it .jpg, .jpeg or .png")
         return [(src, dst)]
     return [(src, output_path_for(src, dst))]
 

@@ -91,3 +91,13 @@ def test_missing_input_is_a_clear_usage_error(tmp_path):
     result = runner.invoke(app, ["undistort", str(tmp_path / "nope.jpg"), str(tmp_path / "o.jpg")])
     assert result.exit_code == 2
     assert "does not exist" in result.output
+
+
+def test_an_output_named_for_a_format_it_is_not_written_in_is_refused(tmp_path, photo_2048):
+    """JPEG bytes under a .tif or .heic name would mislead every program that opens them."""
+    src = tmp_path / "photo.jpg"
+    cv2.imwrite(str(src), cv2.resize(photo_2048, (320, 213)))
+    for name in ("out.tif", "out.heic"):
+        result = runner.invoke(app, ["undistort", str(src), str(tmp_path / name), "--k1", "-0.1"])
+        assert result.exit_code == 2 and "name it .jpg, .jpeg or .png" in result.output, result.output
+        assert not (tmp_path / name).exists()
