@@ -102,11 +102,23 @@ def undistort_files(
     quality: int = 95,
     on_done: Callable[[FileResult], None] | None = None,
 ) -> list[FileResult]:
-    """Undistort each (input, output) pair; a file that fails is reported, not fatal."""
+    """Undistort each (input, output) pair; a file that fails is reported, not fatal. Of
+    inputs with one output ("a.tif" and "a.jpg" -> "a.jpg"), the one already so named is
+    written, else the first; the others fail (one would overwrite the other)."""
+    pairs = list(pairs)
+    holder: dict[Path, Path] = {}
+    for source, output in sorted(pairs, key=lambda p: (p[0].name != p[1].name, p[0])):
+        holder.setdefault(output, source)
     grids: dict[tuple[int, int], np.ndarray] = {}  # one grid per image size
     results = []
     for source, output in pairs:
         result = FileResult(source)
+        if holder[output] != source:
+            result.error = f"output name {output.name} already taken by {holder[output].name}"
+            results.append(result)
+            if on_done:
+                on_done(result)
+            continue
         try:
             image = read_image(source)
             key = (image.width, image.height)

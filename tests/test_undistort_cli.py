@@ -37,11 +37,13 @@ def test_folder_keeps_names_sizes_and_formats_and_reports_bad_files(tmp_path, ph
     cv2.imwrite(str(src / "b.png"), small[:200, :300])
     (src / "empty.jpg").write_bytes(b"")
     (src / "notes.jpg").write_text("not an image")
+    cv2.imwrite(str(src / "a.tif"), small[:100])  # would be written as a.jpg, over a.jpg's correction
     out = tmp_path / "out"
     result = _run("undistort", src, out, "--k1", "-0.1")
     assert result.exit_code == 1
     assert "empty.jpg" in result.output and "empty file" in result.output
     assert "notes.jpg" in result.output and "not a readable image" in result.output
+    assert "a.tif" in result.output and "output name a.jpg already taken by a.jpg" in result.output
     assert sorted(p.name for p in out.iterdir()) == ["a.jpg", "b.png"]  # no temp files left
     with Image.open(out / "a.jpg") as a:
         assert a.format == "JPEG" and a.size == (320, 213)
