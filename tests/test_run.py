@@ -352,6 +352,28 @@ def test_the_uncorrected_exif_thumbnail_is_not_carried_over(tmp_path, photos):
     assert len(kept) == len(raw)
 
 
+def test_an_rgb_photos_icc_profile_is_kept_and_a_cmyk_ones_is_not_put_on_rgb_pixels(tmp_path):
+    """A wide-gamut photo's profile must travel with it (colours shift without it); a CMYK
+    photo is converted to RGB, and its CMYK profile would make colour-managed viewers read
+    the RGB values as ink amounts."""
+    from PIL import ImageCms
+
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    cmyk = srgb[:16] + b"CMYK" + srgb[20:]  # a CMYK profile as far as its header says
+    shoot = tmp_path / "shoot"
+    shoot.mkdir()
+    rgb = _small("rocket.jpg", 320)
+    Image.fromarray(rgb).save(shoot / "rgb.jpg", quality=92, icc_profile=srgb)
+    Image.fromarray(rgb).convert("CMYK").save(shoot / "cmyk.jpg", quality=92, icc_profile=cmyk)
+    out = tmp_path / "out"
+    assert _run(shoot, out, "--refine", "off").exit_code == 0
+    with Image.open(out / "rgb.jpg") as a, Image.open(out / "cmyk.jpg") as b:
+        assert a.info.get("icc_profile") == srgb
+        assert b.mode == "RGB" and b.info.get("icc_profile") is None
+    records = {r["id"]: r for r in map(json.loads, (out / "lens-run" / "images.jsonl").read_text().splitlines())}
+    assert records["cmyk"]["notes"] == ["icc_dropped"] and records["rgb"]["notes"] == []
+
+
 def test_xmp_and_iptc_of_a_jpeg_are_kept(tmp_path):
     # a photographer's copyright, keywords and ratings live there
     xmp = b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><dc:rights>(c) Studio</dc:rights><xmp:Rating>5</xmp:Rating></x:xmpmeta>'

@@ -70,6 +70,8 @@ class DecodedImage:
     encoded_size: tuple[int, int] | None = None
     # (H, W) as stored, where `read_image`'s ``draft`` decoded the pixels smaller
     stored_size: tuple[int, int] | None = None
+    # what reading changed that the output cannot keep ("icc_dropped")
+    notes: tuple[str, ...] = ()
 
     @property
     def height(self) -> int:
@@ -118,6 +120,15 @@ def _to_uint8_array(img: Image.Image) -> np.ndarray:
         img = img.convert("RGB")  # CMYK, YCbCr, LAB, HSV, 1-bit
     arr = np.asarray(img, dtype=np.uint8)
     return arr[..., None] if arr.ndim == 2 else arr
+
+
+def _icc_of_pixels(icc: bytes | None, channels: int) -> bytes | None:
+    """The ICC profile if its colour space (header bytes 16-20) is the pixels' as written,
+    RGB or grey; else None. A CMYK or Lab photo's profile does not describe its conversion
+    to RGB, and colour-managed viewers would apply it to RGB values."""
+    if not icc or len(icc) < 20:
+        return icc
+    return icc if icc[16:20] == (b"GRAY" if channels == 1 else b"RGB ") else None
 
 
 def _fast_decode(path: Path, fmt: str | None, mode: str) -> np.ndarray | None:
@@ -191,7 +202,9 @@ def read_image(path: str | os.PathLike, keep_jpeg: bool = False, draft: tuple[in
     except (OSError, ValueError, SyntaxError) as exc:
         raise ImageReadError(path, f"corrupt or truncated image: {exc}") from None
     stored = (h, w) if pixels.shape[:2] != (h, w) else None
-    return DecodedImage(np.ascontiguousarray(pixels), exif=exif, icc_profile=icc, segments=segments, stored_size=stored)
+    kept_icc = _icc_of_pixels(icc, pixels.shape[2])
+    notes = ("icc_dropped",) if icc and kept_icc is None else ()
+    return DecodedImage(np.ascontiguousarray(pixels), exif=exif, icc_profile=kept_icc, segments=segments, stored_size=stored, notes=notes)
 
 
 _XMP_PREFIX = b"http://ns.adobe.com/x"  # XMP (".../xap/1.0/") and extended XMP (".../xmp/extension/")

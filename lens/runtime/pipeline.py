@@ -241,7 +241,7 @@ class Runner:
                 mode = 1
                 safety["param_only"] = refined.safety
         unsafe = violations(safety[MODES[mode]], self.t, check_residual=mode == 0)
-        notes = ["alpha_dropped"] if job.image.pixels is not None and job.image.pixels.shape[2] == 4 else []
+        notes = (["alpha_dropped"] if job.image.pixels is not None and job.image.pixels.shape[2] == 4 else []) + list(job.image.notes)
         return {
             "id": job.image_id, "source": str(job.source), "source_stat": job.source_stat, "output": str(job.output), "status": "ok", "error": None,
             "size": [job.image.width, job.image.height], "mode": MODES[mode],
