@@ -183,6 +183,12 @@ def test_package_is_byte_identical_flat_stored_and_verified(tmp_path, submission
         assert zf.read("img0.jpg") == (pred / "img0.jpg").read_bytes()
     manifest = json.loads((tmp_path / "a.zip.manifest.json").read_text())
     assert manifest["entries"] == 4 and manifest["forced"] is False and manifest["qa"]["passed"] is True
+    # a `lens run --recursive` folder: what lies in subfolders cannot enter a flat zip, and says so
+    (pred / "listing2").mkdir()
+    (pred / "listing2" / "img0.jpg").write_bytes((pred / "img0.jpg").read_bytes())
+    result = runner.invoke(app, ["package", str(pred), "--out", str(tmp_path / "c.zip"), "--inputs", str(inputs)])
+    assert result.exit_code == 0 and "1 image(s) in subfolders not checked nor packaged" in result.output and "listing2/img0.jpg" in result.output
+    assert (tmp_path / "c.zip").read_bytes() == zips[0]
 
 
 def test_force_packages_past_failed_qa_and_records_it(tmp_path, submission):

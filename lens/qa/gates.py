@@ -16,8 +16,8 @@ import cv2
 import numpy as np
 
 from lens.qa.ids import ENTRY_RE, input_files, read_ids
-from lens.runtime.io import ImageReadError, read_image
-from lens.runtime.metadata import read_run_metadata
+from lens.runtime.io import IMAGE_SUFFIXES, ImageReadError, read_image
+from lens.runtime.metadata import RUN_DIR, read_run_metadata
 
 IDENTICAL_MAE = 0.5  # grey levels: below this a "correction" changed nothing
 BAND_STD = 1.5  # a row/column whose pixels vary less than this is constant fill
@@ -151,6 +151,12 @@ def run_gates(pred_dir: str | Path, inputs_dir: str | Path, ids_file: str | Path
     expected_set = set(expected)
     for image_id in sorted(present.keys() - expected_set):
         id_gate.fail(present[image_id].name, "extra: not an expected id")
+    # a `lens run --recursive` folder: a submission is flat, so what lies below is not checked
+    nested = sorted(p.relative_to(pred_dir).as_posix() for p in pred_dir.rglob("*")
+                    if p.is_file() and p.parent != pred_dir and RUN_DIR not in p.relative_to(pred_dir).parts and p.suffix.lower() in IMAGE_SUFFIXES)
+    if nested:
+        shown = ", ".join(nested[:5]) + (f" and {len(nested) - 5} more" if len(nested) > 5 else "")
+        id_gate.note = f"{len(nested)} image(s) in subfolders not checked nor packaged (a submission is flat): {shown}"
 
     extremes = []
     inherited = []  # predictions whose band or black corner is their input's own
