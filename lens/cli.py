@@ -550,10 +550,14 @@ def evaluate_cmd(
     count: int = typer.Option(100, min=1, help="Images for synthetic data."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the summary as JSON."),
     lines: bool = typer.Option(True, help="Also evaluate the network's lens refitted to straight lines (what `lens run` applies)."),
+    split: str = typer.Option("val", help="A folder's pairs: val (the shoots its split holds out; the fixed baseline fitted on the others) "
+                              "or all (every pair, e.g. a held-out set; the fixed baseline fitted on the same labels, an oracle)."),
 ) -> None:
     """Endpoint error of the warp (mean, median, p95; pixels at native resolution), SSIM to the
     target and modes chosen, against the identity and the best fixed parameter set."""
     _require_torch("eval")
+    if split not in ("val", "all"):
+        raise typer.BadParameter("choose val or all", param_hint="--split")
     from rich.table import Table
 
     from lens.training.batches import synthetic_samples
@@ -573,16 +577,29 @@ def evaluate_cmd(
     else:
         import torch
 
-        train_labels = [s.params for s in dataset_samples(data, "train")]
-        if not train_labels:
-            raise typer.BadParameter(f"{data}: no labelled training-split pairs for the fixed baseline", param_hint="--data")
-        fixed = best_fixed_params(torch.cat(train_labels))
-        samples, total = dataset_samples(data, "val"), None
+        from lens.geometry import LensParams
+        from lens.training.pairs import find_pairs, read_labels, split_by_shoot
+
+        pairs, _ = find_pairs(data)
+        labels = read_labels(data)
+        chosen = dict(zip(("train", "val"), split_by_shoot(pairs)), all=pairs)
+        counts = {k: sum(p.pair_id in labels for p in v) for k, v in chosen.items()}
+        if not counts["all"]:
+            raise typer.BadParameter(f"{data}: no labelled pairs (`lens data pseudo-label` writes labels.jsonl)", param_hint="--data")
+        if split == "val" and not (counts["train"] and counts["val"]):
+            # a small folder's shoots may all land on one side (each goes to validation with probability 0.1)
+            raise typer.BadParameter(f"{data}: the shoot split leaves {counts['val']} labelled pair(s) for validation and {counts['train']} "
+                                     f"for the fixed baseline ({len({p.shoot for p in pairs})} shoots); --split all evaluates every pair", param_hint="--data")
+        baseline_pairs = chosen["train" if split == "val" else "all"]
+        fixed = best_fixed_params(torch.cat([LensParams(**labels[p.pair_id]["params"]).to_tensor() for p in baseline_pairs if p.pair_id in labels]))
+        samples, total = dataset_samples(data, split), counts[split]
     with _progress() as progress:
         task = progress.add_task("eval", total=total, rate="")
         summary = evaluate(model, samples, ckpt["stage"] != "param", fixed, on_sample=lambda: progress.advance(task), lines=lines)
     summary.update(checkpoint=str(checkpoint), stage=ckpt["stage"], data=data)
-    table = Table(title=f"{escape(data)}: {summary['images']} images, {escape(ckpt['stage'])} checkpoint")
+    if not data.startswith("synthetic:"):
+        summary["split"] = split
+    table = Table(title=f"{escape(data)}{'' if data.startswith('synthetic:') else f' ({split})'}: {summary['images']} images, {escape(ckpt['stage'])} checkpoint")
     for col in ("method", "EPE mean px", "median", "p95", "SSIM"):
         table.add_column(col, justify="right" if col != "method" else "left")
     for name, m in summary["methods"].items():

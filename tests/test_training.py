@@ -3,6 +3,7 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -190,6 +191,14 @@ def test_data_synth_audit_and_pseudo_label_on_the_workload_layout(tmp_path):
     labels = [json.loads(line) for line in (data / "labels.jsonl").read_text().splitlines()]
     assert all("fit_residual_grey" in r and r["source"] == "pseudo-label" for r in labels[:2])
     assert [r["source"] for r in labels[2:]] == ["synthetic:workload"] * 2  # the pairs not fitted keep their labels
+    # a held-out folder of one shoot: its validation split is empty, which is said, and --split all evaluates it
+    default = Path(__file__).resolve().parents[1] / "lens" / "assets" / "models" / "default" / "checkpoint.pt"
+    result = runner.invoke(app, ["eval", "--checkpoint", str(default), "--data", str(data)])
+    assert result.exit_code == 2 and "--split all" in result.output, result.output
+    result = runner.invoke(app, ["eval", "--checkpoint", str(default), "--data", str(data), "--split", "all", "--json", str(tmp_path / "eval.json")])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "eval.json").read_text())
+    assert summary["images"] == 4 and summary["split"] == "all"
 
 
 def test_pseudo_labels_survive_an_interruption_and_resume_to_the_same_file(tmp_path):
