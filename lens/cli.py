@@ -503,6 +503,10 @@ def train(
     minutes: float = typer.Option(0.0, min=0.0, help="Wall-clock budget (0: none); the schedule adapts to it."),
     cuda_graphs: bool = typer.Option(False, help="Replay each step as a CUDA graph (GPU only; see lens/training/captured_step.py)."),
     resume: bool = typer.Option(True, help="Resume from `<run>/<stage>/last.pt` when present."),
+    pairs: Optional[Path] = typer.Option(None, exists=True, file_okay=False, help="A folder of labelled pairs (`lens data pseudo-label`): "
+                                         "--pairs-share of the steps train on its training split's inputs, supervised by their labels."),
+    pairs_share: float = typer.Option(0.5, min=0.0, max=1.0, help="Share of the steps drawn from --pairs."),
+    max_fit_residual: float = typer.Option(2.5, min=0.0, help="Leave out --pairs pairs whose pseudo-label fit leaves more mean grey-level difference."),
 ) -> None:
     """Train one stage; an interrupted run resumes where it stopped. Ctrl-C or SIGTERM lets the
     step in progress finish and saves the state (exit 130 / 143); the same command carries on,
@@ -517,7 +521,8 @@ def train(
         model = ModelConfig(backbone=backbone, input_height=input_width * 2 // 3, input_width=input_width)
         config = TrainConfig(stage=stage, steps=steps, batch=batch, lr=lr, workload_share=workload_share, pool_size=pool_size,
                              source_width=source_width, val_size=val_size, val_every=val_every, seed=seed, device=device,
-                             workers=workers, time_budget_s=minutes * 60, cuda_graphs=cuda_graphs, model=model.to_dict())
+                             workers=workers, time_budget_s=minutes * 60, cuda_graphs=cuda_graphs, model=model.to_dict(),
+                             pairs_dir=str(pairs or ""), pairs_share=pairs_share, max_fit_residual=max_fit_residual)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     with _progress(counts=False) as progress:  # a share: of the steps or of --minutes, whichever is further
@@ -533,11 +538,16 @@ def train(
 
         t0 = time.perf_counter()
         try:
-            metrics = run_training(config, run_dir, parent=parent, resume=resume, on_step=on_step)
+            metrics = run_training(config, run_dir, parent=parent, resume=resume, on_step=on_step,
+                                   on_pairs=lambda line: progress.console.print(f"pairs: {escape(line)}", soft_wrap=True))
         except TrainingStopped as stopped:
             progress.stop()
             console.print(f"{escape(str(stopped))}; the same command resumes from there", soft_wrap=True)
             raise typer.Exit(128 + stopped.signum) from None
+        except ValueError as exc:  # a parent of the wrong stage, a --pairs folder with nothing to train on
+            progress.stop()
+            console.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
+            raise typer.Exit(2) from None
     console.print(f"{stage}: best validation EPE {metrics.get('epe_mean', float('nan')):.3f} px (mean), "
                   f"{metrics.get('epe_p95', float('nan')):.3f} px (p95) in {time.perf_counter() - t0:.0f} s "
                   f"-> {escape(str(run_dir / stage / 'best.pt'))}", soft_wrap=True)

@@ -254,3 +254,36 @@ def test_device_pool_draws_the_same_batches_and_history_records_the_curve(tmp_pa
     assert ckpt["model_config"]["backbone"] == "small-hr" and ckpt["model_config"]["input_width"] == 96
     refused = runner.invoke(app, ["train", "--stage", "param", "--run", str(tmp_path / "g"), *TINY, "--cuda-graphs"])
     assert refused.exit_code == 2 and "--cuda-graphs needs --device cuda" in refused.output
+
+
+def test_labelled_pairs_supervise_training_and_badly_fitted_ones_are_left_out(tmp_path):
+    """`lens train --pairs`: the training split of a folder of labelled pairs (a pseudo-labelled
+    real dataset) trains the model through its labels; pairs whose fit residual says the
+    parametric warp does not explain them are left out, and the checkpoint records the data."""
+    from lens.training.pairs import find_pairs, split_by_shoot
+
+    data = tmp_path / "pairs"
+    assert runner.invoke(app, ["data", "synth", str(data), "--count", "12", "--width", "192", "--height", "128"]).exit_code == 0
+    train_ids = [p.pair_id for p in split_by_shoot(find_pairs(data)[0])[0]]
+    assert len(train_ids) >= 2
+    labels = [json.loads(line) for line in (data / "labels.jsonl").read_text().splitlines()]
+    for r in labels:
+        if r["pair_id"] == train_ids[0]:
+            r["fit_residual_grey"] = 9.0  # a retouched target the lens does not explain
+    (data / "labels.jsonl").write_text("".join(json.dumps(r) + "\n" for r in labels))
+    args = ["train", "--stage", "param", "--steps", "2", "--batch", "4", "--pool-size", "8", "--val-size", "8", "--val-every", "2",
+            "--pairs", str(data), "--pairs-share", "1.0"]
+    result = runner.invoke(app, [*args, "--run", str(tmp_path / "a")])
+    assert result.exit_code == 0, result.output
+    assert f"pairs: {len(train_ids) - 1} labelled pairs" in result.output and "1 with a fit residual over 2.5 grey levels left out" in result.output
+    a = torch.load(tmp_path / "a" / "param" / "last.pt", weights_only=True)
+    assert a["train_config"]["pairs_dir"] == str(data) and "+pairs:" in a["data_fingerprint"]
+    for r in labels:  # other labels, the same images: other weights
+        r["params"]["k1"] -= 0.2
+    (data / "labels.jsonl").write_text("".join(json.dumps(r) + "\n" for r in labels))
+    assert runner.invoke(app, [*args, "--run", str(tmp_path / "b")]).exit_code == 0
+    b = torch.load(tmp_path / "b" / "param" / "last.pt", weights_only=True)
+    assert any(not torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    (data / "labels.jsonl").unlink()
+    result = runner.invoke(app, [*args, "--run", str(tmp_path / "c")])
+    assert result.exit_code == 2 and "no labelled pairs to train on" in result.output

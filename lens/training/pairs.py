@@ -13,8 +13,12 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:  # the audit and the split need no torch
+    import torch
 
 ORIGINAL_SUFFIX = "_original.jpg"
 GENERATED_SUFFIX = "_generated.jpg"
@@ -159,3 +163,86 @@ def write_synthetic_dataset(out: str | Path, regime: str, count: int, seed: int 
     write_atomic(out / "training_metadata.json", json.dumps({"pairs": records}, indent=1).encode())
     write_atomic(out / LABELS_FILE, "".join(json.dumps(r, sort_keys=True) + "\n" for r in labels).encode())
     return out
+
+
+#: Pairs whose pseudo-label leaves more than this mean grey-level difference are not trained on
+#: (the parametric warp does not explain them: a retouched target, a crop).
+MAX_FIT_RESIDUAL_GREY = 2.5
+#: Nor pairs whose fitted zoom is this far from 1: the model's warp is framed at alpha = 0.
+MAX_ZOOM_GAP = 0.02
+
+
+@dataclass
+class PairPool:
+    """A folder's labelled training-split pairs, ready for `draw_pair_batch`: the inputs resized
+    to ``width`` (aspect kept) and grouped by the size that gives, with their labels."""
+
+    groups: list[tuple[torch.Tensor, torch.Tensor]]  # (N, 3, h, w) uint8 inputs, (N, 8) labels
+    used: int
+    left_out: dict[str, int]  # reason -> pairs
+    fingerprint: str
+
+    def summary(self, folder: str | Path) -> str:
+        out = ", ".join(f"{n} {reason}" for reason, n in self.left_out.items() if n)
+        return f"{self.used} labelled pairs of {folder}'s training split" + (f" ({out} left out)" if out else "")
+
+
+def load_pair_pool(folder: str | Path, width: int, max_residual: float = MAX_FIT_RESIDUAL_GREY) -> PairPool:
+    """The labelled pairs of ``folder``'s training split (`split_by_shoot`; `lens eval --data`
+    keeps the other shoots for validation), for geometric supervision by their labels. ValueError
+    if none is left."""
+    import cv2
+    import torch
+
+    from lens.geometry import LensParams
+    from lens.runtime.io import ImageReadError, read_image
+
+    pairs, _ = find_pairs(folder)
+    labels = read_labels(folder)
+    train, _ = split_by_shoot(pairs)
+    left_out = {"without a label": 0, "with a fit residual over %.1f grey levels" % max_residual: 0, "zoomed": 0, "unreadable": 0}
+    by_size: dict[tuple[int, int], tuple[list, list]] = {}
+    digest = hashlib.sha256()
+    for pair in train:
+        label = labels.get(pair.pair_id)
+        if label is None:
+            left_out["without a label"] += 1
+            continue
+        if label.get("fit_residual_grey", 0.0) > max_residual:
+            left_out["with a fit residual over %.1f grey levels" % max_residual] += 1
+            continue
+        if abs(label.get("zoom", 1.0) - 1.0) > MAX_ZOOM_GAP:
+            left_out["zoomed"] += 1
+            continue
+        try:
+            pixels = read_image(pair.original).pixels
+        except ImageReadError:
+            left_out["unreadable"] += 1
+            continue
+        rgb = np.repeat(pixels, 3, axis=2) if pixels.shape[2] == 1 else pixels[..., :3]
+        size = (max(2, round(width * rgb.shape[0] / rgb.shape[1])), width)
+        small = cv2.resize(rgb, size[::-1], interpolation=cv2.INTER_AREA)
+        images, params = by_size.setdefault(size, ([], []))
+        images.append(torch.from_numpy(np.ascontiguousarray(small)).permute(2, 0, 1))
+        params.append(LensParams(**label["params"]).to_tensor()[0])
+        digest.update(pair.pair_id.encode() + json.dumps(label["params"], sort_keys=True).encode() + small.tobytes())
+    used = sum(len(images) for images, _ in by_size.values())
+    if not used:
+        raise ValueError(f"{folder}: no labelled pairs to train on in its training split ({len(train)} pairs; "
+                         + ", ".join(f"{n} {reason}" for reason, n in left_out.items() if n) + ")")
+    groups = [(torch.stack(images), torch.stack(params)) for _, (images, params) in sorted(by_size.items())]
+    return PairPool(groups, used, left_out, digest.hexdigest()[:16])
+
+
+def draw_pair_batch(pool: PairPool, batch: int, rng: np.random.Generator, device: str | torch.device = "cpu"):
+    """A batch of real pairs of one size (a group drawn in proportion to its pairs), supervised
+    by their labels: `lens.training.batches.Batch` with the inputs as they are."""
+    import torch
+
+    from lens.training.batches import Batch
+
+    sizes = np.array([len(params) for _, params in pool.groups], dtype=np.float64)
+    images, params = pool.groups[int(rng.choice(len(sizes), p=sizes / sizes.sum()))]
+    idx = torch.from_numpy(rng.integers(0, len(params), size=batch))
+    chosen = images[idx].to(device).float()
+    return Batch(chosen, torch.full((batch,), chosen.shape[-2] / chosen.shape[-1], device=device), params[idx].to(device))

@@ -61,6 +61,11 @@ class TrainConfig:
     time_budget_s: float = 0.0
     # Replay each step as a CUDA graph (`lens.training.captured_step`); CUDA only.
     cuda_graphs: bool = False
+    # A folder of labelled pairs (`lens data pseudo-label`): this share of the steps trains on
+    # its training split's inputs, supervised by their labels (`lens.training.pairs.load_pair_pool`)
+    pairs_dir: str = ""
+    pairs_share: float = 0.5
+    max_fit_residual: float = 2.5  # grey levels: pairs the parametric warp explains worse are left out
     model: dict = field(default_factory=lambda: ModelConfig().to_dict())
 
     def __post_init__(self) -> None:
@@ -68,6 +73,8 @@ class TrainConfig:
             raise ValueError(f"unknown stage {self.stage!r}: choose from {STAGES}")
         if self.cuda_graphs and not self.device.startswith("cuda"):
             raise ValueError("--cuda-graphs needs --device cuda")
+        if self.cuda_graphs and self.pairs_dir:
+            raise ValueError("--cuda-graphs replays synthetic batches only: leave it out with --pairs")
 
 
 class TrainingStopped(Exception):
@@ -166,13 +173,14 @@ def _finished(state: dict, config: TrainConfig) -> bool:
 
 
 def train(config: TrainConfig, run_dir: str | Path, parent: str | Path | None = None, resume: bool = True,
-          on_step: Callable[[int, float, float, float], None] | None = None) -> dict:
+          on_step: Callable[[int, float, float, float], None] | None = None, on_pairs: Callable[[str], None] | None = None) -> dict:
     """Train one stage into ``run_dir/<stage>/``; returns the final validation metrics.
 
     ``parent`` defaults to ``run_dir/<parent stage>/best.pt`` for the hybrid and finetune
     stages. ``on_step(step, loss, samples_per_s, done)`` reports progress about twice a second
     (reading the loss waits for the GPU), ``done`` being the share of the stage's steps or time
-    budget, whichever is further."""
+    budget, whichever is further. ``on_pairs``: told, once, which pairs `TrainConfig.pairs_dir`
+    gave (and which it left out)."""
     run_dir = Path(run_dir)
     stage_dir = run_dir / config.stage
     stage_dir.mkdir(parents=True, exist_ok=True)
@@ -230,6 +238,14 @@ def train(config: TrainConfig, run_dir: str | Path, parent: str | Path | None = 
     val_pool = build_pool(max(16, config.val_size // 2), config.seed, VAL_PHOTOS, validation=True, workers=config.workers, width=src_w)
     val_batches = [draw_batch(val_pool, min(32, config.val_size), val_rng, 0.5, device=device) for _ in range(max(1, config.val_size // 32))]
     data_fp = fingerprint(pool)
+    pairs = None
+    if config.pairs_dir:
+        from lens.training.pairs import load_pair_pool
+
+        pairs = load_pair_pool(config.pairs_dir, src_w, config.max_fit_residual)
+        data_fp += f"+pairs:{pairs.fingerprint}"
+        if on_pairs:
+            on_pairs(pairs.summary(config.pairs_dir))
     if device.type == "cuda":
         pool = pool_on_device(pool, device)
     clock["start"] = time.perf_counter()  # the budget is training time, not pool rendering
@@ -274,7 +290,13 @@ def train(config: TrainConfig, run_dir: str | Path, parent: str | Path | None = 
             if captured is not None:
                 loss = captured(plan_batch(pool.shape[0], tuple(pool.shape[-2:]), config.batch, rng, config.workload_share))
             else:
-                loss = step_loss(draw_batch(pool, config.batch, rng, config.workload_share, device=device))
+                if pairs is not None and rng.random() < config.pairs_share:
+                    from lens.training.pairs import draw_pair_batch
+
+                    batch = draw_pair_batch(pairs, config.batch, rng, device)
+                else:
+                    batch = draw_batch(pool, config.batch, rng, config.workload_share, device=device)
+                loss = step_loss(batch)
                 optim.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
