@@ -187,45 +187,56 @@ class PairPool:
         return f"{self.used} labelled pairs of {folder}'s training split" + (f" ({out} left out)" if out else "")
 
 
-def load_pair_pool(folder: str | Path, width: int, max_residual: float = MAX_FIT_RESIDUAL_GREY) -> PairPool:
+def load_pair_pool(folder: str | Path, width: int, max_residual: float = MAX_FIT_RESIDUAL_GREY, workers: int = 0) -> PairPool:
     """The labelled pairs of ``folder``'s training split (`split_by_shoot`; `lens eval --data`
-    keeps the other shoots for validation), for geometric supervision by their labels. ValueError
-    if none is left."""
+    keeps the other shoots for validation), for geometric supervision by their labels, decoded
+    on ``workers`` threads (0: one per usable core). ValueError if none is left."""
+    from concurrent.futures import ThreadPoolExecutor
+
     import cv2
     import torch
 
     from lens.geometry import LensParams
+    from lens.runtime.cpu_budget import usable_cores
     from lens.runtime.io import ImageReadError, read_image
 
     pairs, _ = find_pairs(folder)
     labels = read_labels(folder)
     train, _ = split_by_shoot(pairs)
-    left_out = {"without a label": 0, "with a fit residual over %.1f grey levels" % max_residual: 0, "zoomed": 0, "unreadable": 0}
-    by_size: dict[tuple[int, int], tuple[list, list]] = {}
-    digest = hashlib.sha256()
+    residual = "with a fit residual over %.1f grey levels" % max_residual
+    left_out = {"without a label": 0, residual: 0, "zoomed": 0, "unreadable": 0}
+    kept = []
     for pair in train:
         label = labels.get(pair.pair_id)
         if label is None:
             left_out["without a label"] += 1
-            continue
-        if label.get("fit_residual_grey", 0.0) > max_residual:
-            left_out["with a fit residual over %.1f grey levels" % max_residual] += 1
-            continue
-        if abs(label.get("zoom", 1.0) - 1.0) > MAX_ZOOM_GAP:
+        elif label.get("fit_residual_grey", 0.0) > max_residual:
+            left_out[residual] += 1
+        elif abs(label.get("zoom", 1.0) - 1.0) > MAX_ZOOM_GAP:
             left_out["zoomed"] += 1
-            continue
+        else:
+            kept.append((pair, label))
+
+    def small_input(pair: Pair) -> np.ndarray | None:
+        """The input at ``width`` (aspect kept): ~0.46 MB at 480 px, the default."""
         try:
             pixels = read_image(pair.original).pixels
         except ImageReadError:
-            left_out["unreadable"] += 1
-            continue
+            return None
         rgb = np.repeat(pixels, 3, axis=2) if pixels.shape[2] == 1 else pixels[..., :3]
-        size = (max(2, round(width * rgb.shape[0] / rgb.shape[1])), width)
-        small = cv2.resize(rgb, size[::-1], interpolation=cv2.INTER_AREA)
-        images, params = by_size.setdefault(size, ([], []))
-        images.append(torch.from_numpy(np.ascontiguousarray(small)).permute(2, 0, 1))
-        params.append(LensParams(**label["params"]).to_tensor()[0])
-        digest.update(pair.pair_id.encode() + json.dumps(label["params"], sort_keys=True).encode() + small.tobytes())
+        return cv2.resize(rgb, (width, max(2, round(width * rgb.shape[0] / rgb.shape[1]))), interpolation=cv2.INTER_AREA)
+
+    by_size: dict[tuple[int, int], tuple[list, list]] = {}
+    digest = hashlib.sha256()
+    with ThreadPoolExecutor(workers or usable_cores()) as pool:
+        for (pair, label), small in zip(kept, pool.map(small_input, [pair for pair, _ in kept])):
+            if small is None:
+                left_out["unreadable"] += 1
+                continue
+            images, params = by_size.setdefault(small.shape[:2], ([], []))
+            images.append(torch.from_numpy(np.ascontiguousarray(small)).permute(2, 0, 1))
+            params.append(LensParams(**label["params"]).to_tensor()[0])
+            digest.update(pair.pair_id.encode() + json.dumps(label["params"], sort_keys=True).encode() + small.tobytes())
     used = sum(len(images) for images, _ in by_size.values())
     if not used:
         raise ValueError(f"{folder}: no labelled pairs to train on in its training split ({len(train)} pairs; "
