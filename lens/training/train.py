@@ -31,6 +31,7 @@ from lens.training.captured_step import CapturedTrainStep, make_optimizer
 from lens.training.checkpoint import PARENT_STAGE, STAGES, git_commit, load_checkpoint, model_from_checkpoint, save_checkpoint, sha256_file
 from lens.training.losses import endpoint_error, foldover_penalty, reference_size, smoothness, warp_points
 from lens.training.model import LensNet, ModelConfig, to_model_input
+from lens.training.pairs import draw_pair_batch, load_pair_pool
 
 
 #: One line per validation in each stage folder: step, pairs seen, elapsed time, losses.
@@ -240,8 +241,6 @@ def train(config: TrainConfig, run_dir: str | Path, parent: str | Path | None = 
     data_fp = fingerprint(pool)
     pairs = None
     if config.pairs_dir:
-        from lens.training.pairs import load_pair_pool
-
         pairs = load_pair_pool(config.pairs_dir, src_w, config.max_fit_residual)
         data_fp += f"+pairs:{pairs.fingerprint}"
         if on_pairs:
@@ -291,8 +290,6 @@ def train(config: TrainConfig, run_dir: str | Path, parent: str | Path | None = 
                 loss = captured(plan_batch(pool.shape[0], tuple(pool.shape[-2:]), config.batch, rng, config.workload_share))
             else:
                 if pairs is not None and rng.random() < config.pairs_share:
-                    from lens.training.pairs import draw_pair_batch
-
                     batch = draw_pair_batch(pairs, config.batch, rng, device)
                 else:
                     batch = draw_batch(pool, config.batch, rng, config.workload_share, device=device)
