@@ -430,6 +430,7 @@ def data_pseudo_label(
 
     from lens.runtime.cpu_budget import usable_cores
     from lens.runtime.io import write_atomic
+    from lens.runtime.run_folder import json_lines
     from lens.training.pairs import LABELS_FILE, find_pairs, read_labels
     from lens.training.pseudo_label import label_pairs
 
@@ -439,15 +440,8 @@ def data_pseudo_label(
     # ~5 s a pair on 2 cores: a folder of thousands takes a day, so every label is appended
     # here as it is made and merged into labels.jsonl at the end (or by the next --resume)
     progress_file = folder / (LABELS_FILE + ".part")
-    saved = {}
-    if resume and progress_file.exists():
-        for line in progress_file.read_text().splitlines():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:  # the last line of a killed run may be cut
-                continue
-            saved[rec["pair_id"]] = rec
-    elif progress_file.exists():
+    saved = {rec["pair_id"]: rec for rec in json_lines(progress_file)} if resume else {}
+    if not resume and progress_file.exists():
         console.print(f"[yellow]redoing[/] the labels an interrupted run left in {escape(str(progress_file))} (--resume keeps them)", soft_wrap=True)
     labels.update(saved)
     todo = [p for p in pairs if not (resume and labels.get(p.pair_id, {}).get("source") == "pseudo-label")]
@@ -572,7 +566,7 @@ def evaluate_cmd(
 
     from lens.training.batches import synthetic_samples
     from lens.training.checkpoint import load_checkpoint, model_from_checkpoint
-    from lens.training.evaluate import best_fixed_params, dataset_samples, evaluate, training_label_params
+    from lens.training.evaluate import best_fixed_params, evaluate, folder_eval_set, training_label_params
 
     try:
         ckpt = load_checkpoint(checkpoint)
@@ -585,24 +579,11 @@ def evaluate_cmd(
         fixed = best_fixed_params(training_label_params(ckpt, regime))
         samples, total = synthetic_samples(regime, count), count
     else:
-        import torch
-
-        from lens.geometry import LensParams
-        from lens.training.pairs import find_pairs, read_labels, split_by_shoot
-
-        pairs, _ = find_pairs(data)
-        labels = read_labels(data)
-        chosen = dict(zip(("train", "val"), split_by_shoot(pairs)), all=pairs)
-        counts = {k: sum(p.pair_id in labels for p in v) for k, v in chosen.items()}
-        if not counts["all"]:
-            raise typer.BadParameter(f"{data}: no labelled pairs (`lens data pseudo-label` writes labels.jsonl)", param_hint="--data")
-        if split == "val" and not (counts["train"] and counts["val"]):
-            # a small folder's shoots may all land on one side (each goes to validation with probability 0.1)
-            raise typer.BadParameter(f"{data}: the shoot split leaves {counts['val']} labelled pair(s) for validation and {counts['train']} "
-                                     f"for the fixed baseline ({len({p.shoot for p in pairs})} shoots); --split all evaluates every pair", param_hint="--data")
-        baseline_pairs = chosen["train" if split == "val" else "all"]
-        fixed = best_fixed_params(torch.cat([LensParams(**labels[p.pair_id]["params"]).to_tensor() for p in baseline_pairs if p.pair_id in labels]))
-        samples, total = dataset_samples(data, split), counts[split]
+        try:
+            baseline, samples, total = folder_eval_set(data, split)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--data") from None
+        fixed = best_fixed_params(baseline)
     with _progress() as progress:
         task = progress.add_task("eval", total=total, rate="")
         summary = evaluate(model, samples, ckpt["stage"] != "param", fixed, on_sample=lambda: progress.advance(task), lines=lines)

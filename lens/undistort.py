@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lens.runtime.io import IMAGE_SUFFIXES, ImageReadError, list_images, read_image, write_image
+from lens.runtime.io import IMAGE_SUFFIXES, ImageReadError, claim_names, list_images, read_image, write_image
 from lens.runtime.sampling import warp_with_grid
 
 
@@ -106,15 +106,13 @@ def undistort_files(
     inputs with one output ("a.tif" and "a.jpg" -> "a.jpg"), the one already so named is
     written, else the first; the others fail (one would overwrite the other)."""
     pairs = list(pairs)
-    holder: dict[Path, Path] = {}
-    for source, output in sorted(pairs, key=lambda p: (p[0].name != p[1].name, p[0])):
-        holder.setdefault(output, source)
+    holder, _ = claim_names([(source, str(output)) for source, output in pairs])
     grids: dict[tuple[int, int], np.ndarray] = {}  # one grid per image size
     results = []
     for source, output in pairs:
         result = FileResult(source)
-        if holder[output] != source:
-            result.error = f"output name {output.name} already taken by {holder[output].name}"
+        if holder[str(output)] != source:
+            result.error = f"output name {output.name} already taken by {holder[str(output)].name}"
             results.append(result)
             if on_done:
                 on_done(result)

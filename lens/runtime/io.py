@@ -394,20 +394,24 @@ def output_name(path: Path) -> str:
     return output_stem(path) + (".png" if path.suffix.lower() == ".png" else ".jpg")
 
 
-def claim_output_names(sources: list[Path], root: Path | None) -> tuple[dict[str, Path], list[tuple[Path, str, Path]]]:
-    """Each source's output name (`output_name`, as a posix path below ``root``; None: the
-    name alone), and the sources whose name another source already has, as (source, name,
-    holder): two corrections with one name would overwrite each other. The source already
-    named as the output keeps it ("a.jpg" over "a.jpeg" and "a_original.jpg"), else the first
-    by path. `lens run` names its outputs, and `lens qa` its expected ids, by this."""
+def claim_names(wanted: list[tuple[Path, str]]) -> tuple[dict[str, Path], list[tuple[Path, str, Path]]]:
+    """Output names for (source, name) wishes, two corrections with one name overwriting each
+    other: the source already named so (its file name is the name's last part) keeps a
+    contested name, else the first by path. The names held (in the sources' order) and the
+    sources refused, as (source, name, holder)."""
     named, refused = {}, []
-    for s in sorted(sources, key=lambda s: (s.name != output_name(s), s)):
-        name = (s.relative_to(root) if root is not None else Path(s.name)).with_name(output_name(s)).as_posix()
+    for s, name in sorted(wanted, key=lambda w: (w[0].name != Path(w[1]).name, w[0])):
         if name in named:
             refused.append((s, name, named[name]))
         else:
             named[name] = s
     return dict(sorted(named.items(), key=lambda item: item[1])), refused
+
+
+def claim_output_names(sources: list[Path], root: Path | None) -> tuple[dict[str, Path], list[tuple[Path, str, Path]]]:
+    """`claim_names` for `lens run`'s outputs: each source's `output_name`, as a posix path
+    below ``root`` (None: the name alone). `lens qa` reads its expected ids by this too."""
+    return claim_names([(s, (s.relative_to(root) if root is not None else Path(s.name)).with_name(output_name(s)).as_posix()) for s in sources])
 
 
 def list_images(folder: Path, recursive: bool = False, skip: Path | None = None) -> list[Path]:

@@ -66,18 +66,20 @@ def source_stat(path: Path) -> list[int] | None:
     return [st.st_size, st.st_mtime_ns]
 
 
+def json_lines(path: Path) -> Iterator[dict]:
+    """The records of a JSON Lines file appended to as work is done (none if it is missing);
+    a line that does not parse is skipped: the last line of a killed run may be cut."""
+    if not path.exists():
+        return
+    for line in path.read_text().splitlines():
+        try:
+            yield json.loads(line)
+        except json.JSONDecodeError:
+            continue
+
+
 def read_records(run_dir: Path) -> dict[str, dict]:
-    records = {}
-    for name in (IMAGES_FILE, IMAGES_FILE + ".part"):
-        path = run_dir / name
-        if path.exists():
-            for line in path.read_text().splitlines():
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:  # the last line of a killed run may be cut
-                    continue
-                records[rec["id"]] = rec
-    return records
+    return {rec["id"]: rec for name in (IMAGES_FILE, IMAGES_FILE + ".part") for rec in json_lines(run_dir / name)}
 
 
 def clean_stale_temporaries(out: Path, recursive: bool = False) -> None:

@@ -37,22 +37,36 @@ from lens.training.model import LensNet, to_model_input
 from lens.training.synth import sample_params
 
 
-def dataset_samples(folder: str | Path, split: str = "val") -> Iterator[Sample]:
-    """Labelled pairs from a folder in the workload layout (`lens.training.pairs`)."""
+def folder_eval_set(folder: str | Path, split: str = "val") -> tuple[torch.Tensor, Iterator[Sample], int]:
+    """For `lens eval --data FOLDER`, the labelled pairs of a folder in the workload layout
+    (`lens.training.pairs`): the labels ``(N, 8)`` the fixed baseline is fitted on, the samples
+    evaluated and their count. ``split`` "val": the shoots `split_by_shoot` holds out, the
+    baseline fitted on the others; "all": every pair (a held-out set), the baseline fitted on
+    the same labels (an oracle). ValueError, saying why, where there is nothing to evaluate."""
     from lens.runtime.io import read_image
-    from lens.training.pairs import find_pairs, read_labels, split_by_shoot
+    from lens.training.pairs import LABELS_FILE, find_pairs, read_labels, split_by_shoot
 
     pairs, _ = find_pairs(folder)
     labels = read_labels(folder)
-    if not labels:
-        raise ValueError(f"{folder}: no {'labels.jsonl'} (run `lens data pseudo-label` first)")
     train, val = split_by_shoot(pairs)
-    chosen = {"val": val, "train": train, "all": pairs}[split]
-    for pair in chosen:
-        if pair.pair_id not in labels:
-            continue
-        params = LensParams(**labels[pair.pair_id]["params"]).to_tensor()
-        yield Sample(pair.pair_id, read_image(pair.original).pixels[..., :3], read_image(pair.generated).pixels[..., :3], params)
+    chosen = {"train": train, "val": val, "all": pairs}
+    labelled = {k: [p for p in v if p.pair_id in labels] for k, v in chosen.items()}
+    if not labelled["all"]:
+        raise ValueError(f"{folder}: no labelled pairs (`lens data pseudo-label` writes {LABELS_FILE})")
+    if split == "val" and not (labelled["train"] and labelled["val"]):
+        # a small folder's shoots may all land on one side (each goes to validation with probability 0.1)
+        raise ValueError(f"{folder}: the shoot split leaves {len(labelled['val'])} labelled pair(s) for validation and {len(labelled['train'])} "
+                         f"for the fixed baseline ({len({p.shoot for p in pairs})} shoots); --split all evaluates every pair")
+
+    def params(pair) -> torch.Tensor:
+        return LensParams(**labels[pair.pair_id]["params"]).to_tensor()
+
+    def samples() -> Iterator[Sample]:
+        for pair in labelled[split]:
+            yield Sample(pair.pair_id, read_image(pair.original).pixels[..., :3], read_image(pair.generated).pixels[..., :3], params(pair))
+
+    baseline = torch.cat([params(p) for p in labelled["train" if split == "val" else "all"]])
+    return baseline, samples(), len(labelled[split])
 
 
 def best_fixed_params(label_params: torch.Tensor, height: int = 1366, width: int = 2048) -> torch.Tensor:
