@@ -28,6 +28,7 @@ import numpy as np
 
 from lens.conventions import PARAM_NAMES, SAFETY_STATS
 from lens.runtime.backends import Backend
+from lens.runtime.cpu_budget import opencv_threads_per_worker
 from lens.runtime.io import DecodedImage, ImageReadError, claim_output_names, encode_image, list_images, output_format, read_image, splice_jpeg_metadata, write_atomic
 from lens.runtime.lens_maps import correction_maps, lattice_safety, maps_from_lattice
 from lens.runtime.memory import keep_freed_memory
@@ -426,7 +427,7 @@ def run(src: Path, out: Path, backend: Backend, options: RunOptions, info: dict,
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise RunRefused(f"cannot create the output folder {run_dir}: {exc.strerror or exc}") from None
-    with exclusive(run_dir):
+    with exclusive(run_dir), opencv_threads_per_worker(options.workers):
         return _run_locked(src, out, run_dir, backend, options, info, on_image, has_residual, codec_choice, on_skipped)
 
 
