@@ -285,6 +285,11 @@ def run_cmd(
         kept = "; ".join(f"{n} {reason}" for reason, n in sorted(lines["kept_network"].items()))
         console.print(f"line fit: {lines['applied']} of {this_run} lenses refitted to straight lines"
                       + (f" (network's kept: {kept})" if kept else ""), soft_wrap=True)
+    if summary["notes"]:
+        said = {"alpha_dropped": "alpha channel", "depth_reduced": "bits beyond 8", "frames_dropped": "images after the first",
+                "icc_dropped": "a CMYK or Lab colour profile"}
+        console.print("not kept from their inputs: " + ", ".join(f"{said.get(note, note)} ({n} {note})" for note, n in summary["notes"].items())
+                      + f"; which ones: {escape(str(out / 'lens-run' / 'images.jsonl'))}", soft_wrap=True)
     if summary["failed"]:
         raise typer.Exit(1)
 

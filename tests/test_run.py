@@ -165,6 +165,12 @@ def _bad_inputs(folder: Path) -> dict[str, str]:
     expect["rotated"] = "ok"
     Image.fromarray(base[:8, :8]).save(folder / "tiny.png")
     expect["tiny"] = "ok"
+    # a phone's JPEG with a second image after the main one (MPF: a gain map, depth map or
+    # preview), and a two-page TIFF
+    Image.fromarray(base).save(folder / "phone.jpg", format="MPO", save_all=True, append_images=[Image.fromarray(base[:64, :64])])
+    expect["phone"] = "ok"
+    Image.fromarray(base).save(folder / "pages.tif", save_all=True, append_images=[Image.fromarray(base[::-1])])
+    expect["pages"] = "ok"
     Image.new("1", (20000, 20000)).save(folder / "bomb.png")
     expect["bomb"] = "too large"
     return expect
@@ -194,6 +200,13 @@ def test_bad_input_never_stops_the_run(tmp_path):
     summary = json.loads((out / "lens-run" / "summary.json").read_text())
     assert {f["id"] for f in summary["failed"]} == {k for k, v in expect.items() if v != "ok"}
     assert not list(out.glob(".*.part"))
+    # what an output could not keep is said per image, counted, and named on the console
+    notes = {"alpha": ["alpha_dropped"], "sixteen": ["depth_reduced"], "phone": ["frames_dropped"], "pages": ["frames_dropped"]}
+    assert {i: r["notes"] for i, r in records.items() if r["status"] == "ok" and r["notes"]} == notes
+    assert summary["notes"] == {"alpha_dropped": 1, "depth_reduced": 1, "frames_dropped": 2}
+    assert "images after the first (2 frames_dropped)" in result.output
+    with Image.open(out / "phone.jpg") as p:
+        assert p.format == "JPEG" and p.size == (256, 171)
 
 
 def test_outputs_are_byte_identical_across_runs_workers_and_batches(tmp_path, photos):

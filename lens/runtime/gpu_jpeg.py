@@ -110,4 +110,6 @@ def device_decodable(path: Path, fmt: str | None, mode: str) -> bool:
     """True for the files `GpuJpegCodec` decodes exactly like the CPU path, from Pillow's
     header: 8-bit RGB JPEGs whose output is a JPEG too (a JPEG named .png is written as PNG).
     The caller also checks the EOI marker (a file cut short goes to the CPU decoder)."""
-    return fmt == "JPEG" and mode == "RGB" and path.suffix.lower() != ".png"
+    from lens.runtime.io import JPEG_FORMATS
+
+    return fmt in JPEG_FORMATS and mode == "RGB" and path.suffix.lower() != ".png"

@@ -35,6 +35,9 @@ HEIF_EXTRA_HINT = "a HEIC/HEIF photo needs the heif extra: pip install 'lens[hei
 #: gigabytes); 150 MP is above any current camera's output.
 MAX_PIXELS = 150_000_000
 JPEG_QUALITY = 95
+# Pillow's names for a JPEG: "MPO" is one with more images after the main one (Multi-Picture
+# Format: phones' Ultra HDR gain maps, depth maps, previews), which decoders read as its first
+JPEG_FORMATS = ("JPEG", "MPO")
 
 
 def _current_umask() -> int:
@@ -102,6 +105,22 @@ def _heif_problem() -> str | None:
     return None
 
 
+def _reading_notes(img: Image.Image) -> tuple[str, ...]:
+    """What of an opened file the output will not hold: ``frames_dropped`` where it has more
+    than one image (the pages of a TIFF, the frames of a WebP, the gain map, depth map or
+    preview a phone's JPEG carries: only the first, main one is corrected), ``depth_reduced``
+    where its samples have more than 8 bits (read before decoding: Pillow's tile says how
+    they are stored)."""
+    notes = ()
+    if getattr(img, "n_frames", 1) > 1:
+        notes += ("frames_dropped",)
+    raw = img.tile[0][3] if img.tile else None
+    raw = raw[0] if isinstance(raw, tuple) and raw else raw
+    if img.mode in ("I;16", "I;16B", "I;16L", "I") or (isinstance(raw, str) and (";16" in raw or ";32" in raw)):
+        notes += ("depth_reduced",)
+    return notes
+
+
 def _to_uint8_array(img: Image.Image) -> np.ndarray:
     """Normalise Pillow's many modes to 8-bit L, RGB or RGBA pixels."""
     mode = img.mode
@@ -135,10 +154,10 @@ def _fast_decode(path: Path, fmt: str | None, mode: str) -> np.ndarray | None:
     """OpenCV decode of 8-bit RGB / L JPEG and PNG; None where Pillow must do it. A JPEG that
     does not end in its EOI marker goes to Pillow, which reports truncation instead of
     returning grey rows as libjpeg does."""
-    if fmt not in ("JPEG", "PNG") or mode not in ("RGB", "L"):
+    if fmt not in (*JPEG_FORMATS, "PNG") or mode not in ("RGB", "L"):
         return None
     data = np.fromfile(path, dtype=np.uint8)
-    if fmt == "JPEG" and not (data[-2:] == (0xFF, 0xD9)).all():
+    if fmt in JPEG_FORMATS and not (data[-2:] == (0xFF, 0xD9)).all():
         return None
     # OpenCV >= 4.10 decodes straight to RGB: the same bytes as BGR + cvtColor, ~2-3 ms less
     # for a 2048 px JPEG
@@ -187,7 +206,8 @@ def read_image(path: str | os.PathLike, keep_jpeg: bool = False, draft: tuple[in
                         data = path.read_bytes()
                         if data[-2:] == b"\xff\xd9":
                             return DecodedImage(None, exif=exif, icc_profile=icc, segments=segments, encoded=data, encoded_size=(h, w))
-                if draft is not None and img.format == "JPEG":
+                notes = _reading_notes(img)
+                if draft is not None and img.format in JPEG_FORMATS:
                     img.draft("L", draft)
                 pixels = _fast_decode(path, img.format, img.mode) if draft is None else None
                 if pixels is None:
@@ -203,7 +223,7 @@ def read_image(path: str | os.PathLike, keep_jpeg: bool = False, draft: tuple[in
         raise ImageReadError(path, f"corrupt or truncated image: {exc}") from None
     stored = (h, w) if pixels.shape[:2] != (h, w) else None
     kept_icc = _icc_of_pixels(icc, pixels.shape[2])
-    notes = ("icc_dropped",) if icc and kept_icc is None else ()
+    notes += ("icc_dropped",) if icc and kept_icc is None else ()
     return DecodedImage(np.ascontiguousarray(pixels), exif=exif, icc_profile=kept_icc, segments=segments, stored_size=stored, notes=notes)
 
 

@@ -17,7 +17,7 @@ import json
 import platform
 import threading
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -529,6 +529,8 @@ def _run_locked(src: Path, out: Path, run_dir: Path, backend: Backend, options: 
         "skipped_resume": len(skip_ids),
         "modes": {m: sum(r.get("mode") == m for r in ordered) for m in MODES},
         "hard_unsafe": [r["id"] for r in ordered if r.get("hard_unsafe")],
+        # what outputs could not keep of their inputs (alpha, other frames, depth, a profile)
+        "notes": dict(sorted(Counter(n for r in ordered if r["status"] == "ok" for n in r.get("notes", [])).items())),
         "throughput": {"images": len(ok_now), "wall_s": round(wall, 3), "images_per_s": round(len(ok_now) / wall, 3) if wall > 0 else None},
         "codec": codec_reason,
         "lines": _lines_summary(ok_now, line_fit, line_fit_reason),
