@@ -87,6 +87,19 @@ def test_originals_are_never_overwritten_by_their_corrections(tmp_path, photos):
     assert _outputs(folder) == before
 
 
+def test_a_photo_whose_name_is_as_long_as_the_file_system_allows_is_corrected(tmp_path, photos):
+    # 250 bytes (2-byte letters): its output's temporary name must not grow past the 255 allowed
+    name = "é" * 123 + ".jpg"
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / name).write_bytes(next(photos.glob("*.jpg")).read_bytes())
+    result = _run(folder, tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    with Image.open(tmp_path / "out" / name) as img:
+        img.load()
+    assert not list((tmp_path / "out").glob(".*.part"))
+
+
 def test_an_output_named_like_an_image_file_is_refused_before_anything_is_written(tmp_path, photos):
     """`lens run a.jpg b.jpg` would have made a folder b.jpg/ holding a.jpg."""
     result = _run(photos / "p00.jpg", tmp_path / "fixed.jpg")

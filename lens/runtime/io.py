@@ -328,6 +328,9 @@ def encode_image(image: DecodedImage, fmt: str, quality: int = JPEG_QUALITY) -> 
     return buf.getvalue()
 
 
+_NAME_MAX = 255  # bytes in a file name: ext4, XFS, Btrfs, APFS, NTFS (in UTF-16 units)
+
+
 def write_atomic(path: str | os.PathLike, data: bytes, durable: bool = False) -> None:
     """Write ``data`` to ``path`` so that ``path`` is either absent, its old content, or the
     complete new content, even if the process is killed: temp file in the same folder, then
@@ -335,7 +338,10 @@ def write_atomic(path: str | os.PathLike, data: bytes, durable: bool = False) ->
     ~5 ms per file, so images skip it and checkpoints and zips use it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    # the name cut so that the temporary's fits where the output's does (255 bytes on most
+    # file systems: ".", the name, ".", mkstemp's 8 characters, ".part")
+    short = path.name.encode()[: _NAME_MAX - 15].decode(errors="ignore")
+    fd, tmp = tempfile.mkstemp(prefix=f".{short}.", suffix=".part", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
