@@ -222,6 +222,32 @@ def test_bad_input_never_stops_the_run(tmp_path):
         assert p.format == "JPEG" and p.size == (256, 171)
 
 
+def test_batching_a_folder_of_many_sizes_holds_few_photos_and_loses_none():
+    from lens.runtime.io import DecodedImage
+    from lens.runtime.pipeline import HELD_BATCHES, Job, _batches
+
+    # 60 photos, three of one size spread through the folder, the others each of its own size
+    sizes = [(100, 150) if i % 20 == 0 else (100 + i, 150) for i in range(60)]
+    read = []
+
+    def decoded():
+        for i, (h, w) in enumerate(sizes):
+            read.append(i)
+            yield Job(str(i), Path(f"{i}.jpg"), Path(f"out/{i}.jpg"), image=DecodedImage(np.zeros((h, w, 3), np.uint8)))
+
+    done: list[int] = []
+    for group in _batches(decoded(), 4, lambda job: None):
+        assert len(read) - len(done) - len(group) <= HELD_BATCHES * 4  # decoded and still waiting
+        assert len({(j.image.height, j.image.width) for j in group}) == 1
+        done += [int(j.image_id) for j in group]
+    assert sorted(done) == list(range(60))
+    # and the same groups every time: they depend on the order and the sizes alone
+    def groups():
+        return [[j.image_id for j in g] for g in _batches(decoded(), 4, lambda job: None)]
+
+    assert groups() == groups()
+
+
 def test_outputs_are_byte_identical_across_runs_workers_and_batches(tmp_path, photos):
     runs = {}
     for name, args in {"a": ("--workers", "1", "--batch", "1"), "b": ("--workers", "2", "--batch", "3"), "c": ("--workers", "2", "--batch", "1")}.items():
