@@ -587,6 +587,11 @@ def test_only_complete_rgb_jpegs_are_kept_for_the_gpu_decoder(tmp_path):
         assert read_image(tmp_path / name, keep_jpeg=True).pixels is not None, name
     with pytest.raises(Exception, match="truncated"):
         read_image(tmp_path / "cut.jpg", keep_jpeg=True)
+    # a phone's JPEG with a gain map after it goes to the GPU whole (decoders read the first
+    # image) and is noted as losing it, as on the CPU path
+    Image.fromarray(rgb).save(tmp_path / "phone.jpg", format="MPO", save_all=True, append_images=[Image.fromarray(rgb[:16, :16])])
+    phone = read_image(tmp_path / "phone.jpg", keep_jpeg=True)
+    assert phone.pixels is None and phone.notes == ("frames_dropped",)
 
 
 def test_default_workers_follow_the_container_cpu_quota(tmp_path, monkeypatch):

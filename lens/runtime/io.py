@@ -199,14 +199,16 @@ def read_image(path: str | os.PathLike, keep_jpeg: bool = False, draft: tuple[in
                 exif = without_thumbnail(img.info.get("exif"))
                 icc = img.info.get("icc_profile")
                 segments = _kept_segments(img)
+                notes = _reading_notes(img)
                 if keep_jpeg:
                     from lens.runtime.gpu_jpeg import device_decodable
 
                     if device_decodable(path, img.format, img.mode):
                         data = path.read_bytes()
                         if data[-2:] == b"\xff\xd9":
-                            return DecodedImage(None, exif=exif, icc_profile=icc, segments=segments, encoded=data, encoded_size=(h, w))
-                notes = _reading_notes(img)
+                            kept_icc = _icc_of_pixels(icc, 3)
+                            return DecodedImage(None, exif=exif, icc_profile=kept_icc, segments=segments, encoded=data, encoded_size=(h, w),
+                                                notes=notes + (("icc_dropped",) if icc and kept_icc is None else ()))
                 if draft is not None and img.format in JPEG_FORMATS:
                     img.draft("L", draft)
                 pixels = _fast_decode(path, img.format, img.mode) if draft is None else None
