@@ -506,6 +506,8 @@ def train(
                                          "--pairs-share of the steps train on its training split's inputs, supervised by their labels."),
     pairs_share: float = typer.Option(0.5, min=0.0, max=1.0, help="Share of the steps drawn from --pairs."),
     max_fit_residual: float = typer.Option(2.5, min=0.0, help="Leave out --pairs pairs whose pseudo-label fit leaves more mean grey-level difference."),
+    val_pairs: int = typer.Option(256, min=1, help="At most this many labelled --pairs pairs of held-out shoots are validated on; "
+                                  "where there are any, they pick best.pt."),
 ) -> None:
     """Train one stage; an interrupted run resumes where it stopped. Ctrl-C or SIGTERM lets the
     step in progress finish and saves the state (exit 130 / 143); the same command carries on,
@@ -521,7 +523,7 @@ def train(
         config = TrainConfig(stage=stage, steps=steps, batch=batch, lr=lr, workload_share=workload_share, pool_size=pool_size,
                              source_width=source_width, val_size=val_size, val_every=val_every, seed=seed, device=device,
                              workers=workers, time_budget_s=minutes * 60, cuda_graphs=cuda_graphs, model=model.to_dict(),
-                             pairs_dir=str(pairs or ""), pairs_share=pairs_share, max_fit_residual=max_fit_residual)
+                             pairs_dir=str(pairs or ""), pairs_share=pairs_share, max_fit_residual=max_fit_residual, val_pairs=val_pairs)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     with _progress(counts=False) as progress:  # a share: of the steps or of --minutes, whichever is further
@@ -547,8 +549,10 @@ def train(
             progress.stop()
             console.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
             raise typer.Exit(2) from None
+    real = (f"; --pairs' held-out shoots {metrics['pairs_epe_mean']:.3f} px (mean), {metrics['pairs_epe_p95']:.3f} px (p95), which picked it"
+            if "pairs_epe_mean" in metrics else "")
     console.print(f"{stage}: best validation EPE {metrics.get('epe_mean', float('nan')):.3f} px (mean), "
-                  f"{metrics.get('epe_p95', float('nan')):.3f} px (p95) in {time.perf_counter() - t0:.0f} s "
+                  f"{metrics.get('epe_p95', float('nan')):.3f} px (p95){real} in {time.perf_counter() - t0:.0f} s "
                   f"-> {escape(str(run_dir / stage / 'best.pt'))}", soft_wrap=True)
 
 

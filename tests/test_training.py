@@ -289,3 +289,24 @@ def test_labelled_pairs_supervise_training_and_badly_fitted_ones_are_left_out(tm
     (data / "labels.jsonl").unlink()
     result = runner.invoke(app, [*args, "--run", str(tmp_path / "c")])
     assert result.exit_code == 2 and "no labelled pairs to train on" in result.output
+
+
+def test_held_out_shoots_of_the_pairs_folder_pick_the_best_checkpoint(tmp_path):
+    """With --pairs, the labelled pairs of the folder's held-out shoots (those `lens eval --data`
+    evaluates) are validated on as training goes, and their error, not the synthetic pairs',
+    picks best.pt: the checkpoint a user ships is the one best on their own kind of photos."""
+    data = tmp_path / "pairs"
+    # 40 pairs in 10 shoots: one shoot (4 pairs) falls in the held-out side of the hash split
+    assert runner.invoke(app, ["data", "synth", str(data), "--count", "40", "--width", "192", "--height", "128"]).exit_code == 0
+    run = tmp_path / "run"
+    result = runner.invoke(app, ["train", "--stage", "param", "--steps", "4", "--batch", "4", "--pool-size", "8", "--val-size", "8",
+                                 "--val-every", "1", "--pairs", str(data), "--run", str(run)])
+    assert result.exit_code == 0, result.output
+    assert "best.pt is picked on 4 labelled pairs of its held-out shoots" in result.output
+    assert "--pairs' held-out shoots" in result.output
+    history = [json.loads(line) for line in (run / "param" / "history.jsonl").read_text().splitlines()]
+    assert len(history) == 4 and all("pairs_epe_mean" in h and "epe_mean" in h for h in history)
+    best = torch.load(run / "param" / "best.pt", weights_only=True)
+    assert best["best_by"] == "pairs_epe_mean"
+    assert best["val_metrics"]["pairs_epe_mean"] == pytest.approx(min(h["pairs_epe_mean"] for h in history), abs=1e-4)
+    assert "+val-pairs:" in best["data_fingerprint"]

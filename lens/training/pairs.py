@@ -187,10 +187,12 @@ class PairPool:
         return f"{self.used} labelled pairs of {folder}'s training split" + (f" ({out} left out)" if out else "")
 
 
-def load_pair_pool(folder: str | Path, width: int, max_residual: float = MAX_FIT_RESIDUAL_GREY, workers: int = 0) -> PairPool:
+def load_pair_pool(folder: str | Path, width: int, max_residual: float = MAX_FIT_RESIDUAL_GREY, workers: int = 0,
+                   split: str = "train", limit: int = 0) -> PairPool:
     """The labelled pairs of ``folder``'s training split (`split_by_shoot`; `lens eval --data`
     keeps the other shoots for validation), for geometric supervision by their labels, decoded
-    on ``workers`` threads (0: one per usable core). ValueError if none is left."""
+    on ``workers`` threads (0: one per usable core); ``split="val"``: its held-out shoots'
+    pairs instead, the first ``limit`` by id (0: all). ValueError if none is left."""
     from concurrent.futures import ThreadPoolExecutor
 
     import cv2
@@ -200,13 +202,16 @@ def load_pair_pool(folder: str | Path, width: int, max_residual: float = MAX_FIT
     from lens.runtime.cpu_budget import usable_cores
     from lens.runtime.io import ImageReadError, read_image
 
+    if split not in ("train", "val"):
+        raise ValueError(f"split must be train or val, not {split!r}")
     pairs, _ = find_pairs(folder)
     labels = read_labels(folder)
-    train, _ = split_by_shoot(pairs)
+    train, val = split_by_shoot(pairs)
+    chosen = train if split == "train" else val
     residual = "with a fit residual over %.1f grey levels" % max_residual
     left_out = {"without a label": 0, residual: 0, "zoomed": 0, "unreadable": 0}
     kept = []
-    for pair in train:
+    for pair in chosen:
         label = labels.get(pair.pair_id)
         if label is None:
             left_out["without a label"] += 1
@@ -216,6 +221,8 @@ def load_pair_pool(folder: str | Path, width: int, max_residual: float = MAX_FIT
             left_out["zoomed"] += 1
         else:
             kept.append((pair, label))
+    if limit:
+        kept = kept[:limit]
 
     def small_input(pair: Pair) -> np.ndarray | None:
         """The input at ``width`` (aspect kept): ~0.46 MB at 480 px, the default."""
@@ -239,10 +246,26 @@ def load_pair_pool(folder: str | Path, width: int, max_residual: float = MAX_FIT
             digest.update(pair.pair_id.encode() + json.dumps(label["params"], sort_keys=True).encode() + small.tobytes())
     used = sum(len(images) for images, _ in by_size.values())
     if not used:
-        raise ValueError(f"{folder}: no labelled pairs to train on in its training split ({len(train)} pairs; "
+        purpose = "to train on in its training split" if split == "train" else "to validate on in its held-out shoots"
+        raise ValueError(f"{folder}: no labelled pairs {purpose} ({len(chosen)} pairs; "
                          + ", ".join(f"{n} {reason}" for reason, n in left_out.items() if n) + ")")
     groups = [(torch.stack(images), torch.stack(params)) for _, (images, params) in sorted(by_size.items())]
     return PairPool(groups, used, left_out, digest.hexdigest()[:16])
+
+
+def pair_batches(pool: PairPool, batch: int, device: str | torch.device = "cpu") -> list:
+    """Every pair of ``pool`` once, in batches of up to ``batch`` of one size, in a fixed order:
+    a validation set (`lens.training.batches.Batch`)."""
+    import torch
+
+    from lens.training.batches import Batch
+
+    out = []
+    for images, params in pool.groups:
+        for i in range(0, len(params), batch):
+            chosen = images[i : i + batch].to(device).float()
+            out.append(Batch(chosen, torch.full((len(chosen),), chosen.shape[-2] / chosen.shape[-1], device=device), params[i : i + batch].to(device)))
+    return out
 
 
 def draw_pair_batch(pool: PairPool, batch: int, rng: np.random.Generator, device: str | torch.device = "cpu"):

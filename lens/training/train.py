@@ -10,8 +10,10 @@ Three stages share it (`TrainConfig.stage`):
 A run directory holds ``<stage>/last.pt`` (written every ``checkpoint_every`` steps, and when
 Ctrl-C or SIGTERM stops the run, with the optimiser and random states, so an interrupted run
 resumes exactly where it stopped) and
-``<stage>/best.pt`` (best validation endpoint error). Everything is seeded; on a CPU the same
-config gives the same weights.
+``<stage>/best.pt`` (best validation endpoint error: on the held-out synthetic pairs, or with
+``pairs_dir`` on the labelled pairs of that folder's held-out shoots where it has any, whose
+errors are recorded beside the synthetic ones as ``pairs_*``). Everything is seeded; on a CPU
+the same config gives the same weights.
 """
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ from lens.training.captured_step import CapturedTrainStep, make_optimizer
 from lens.training.checkpoint import PARENT_STAGE, STAGES, git_commit, load_checkpoint, model_from_checkpoint, save_checkpoint, sha256_file
 from lens.training.losses import endpoint_error, foldover_penalty, reference_size, smoothness, warp_points
 from lens.training.model import LensNet, ModelConfig, to_model_input
-from lens.training.pairs import draw_pair_batch, load_pair_pool
+from lens.training.pairs import draw_pair_batch, load_pair_pool, pair_batches
 
 
 #: One line per validation in each stage folder: step, pairs seen, elapsed time, losses.
@@ -67,6 +69,9 @@ class TrainConfig:
     pairs_dir: str = ""
     pairs_share: float = 0.5
     max_fit_residual: float = 2.5  # grey levels: pairs the parametric warp explains worse are left out
+    # Labelled pairs of the folder's held-out shoots validated on (at most; the first by id):
+    # where there are any, their mean endpoint error picks ``best.pt``
+    val_pairs: int = 256
     model: dict = field(default_factory=lambda: ModelConfig().to_dict())
 
     def __post_init__(self) -> None:
@@ -239,12 +244,25 @@ def train(config: TrainConfig, run_dir: str | Path, parent: str | Path | None = 
     val_pool = build_pool(max(16, config.val_size // 2), config.seed, VAL_PHOTOS, validation=True, workers=config.workers, width=src_w)
     val_batches = [draw_batch(val_pool, min(32, config.val_size), val_rng, 0.5, device=device) for _ in range(max(1, config.val_size // 32))]
     data_fp = fingerprint(pool)
-    pairs = None
+    pairs, val_pair_batches = None, []
     if config.pairs_dir:
         pairs = load_pair_pool(config.pairs_dir, src_w, config.max_fit_residual)
         data_fp += f"+pairs:{pairs.fingerprint}"
+        try:
+            held_out = load_pair_pool(config.pairs_dir, src_w, config.max_fit_residual, split="val", limit=config.val_pairs)
+        except ValueError:
+            held_out = None
+        note = pairs.summary(config.pairs_dir)
+        if held_out is None:
+            note += "; its held-out shoots have no labelled pair: best.pt is picked on synthetic pairs"
+        else:
+            val_pair_batches = pair_batches(held_out, 32, device)
+            data_fp += f"+val-pairs:{held_out.fingerprint}"
+            note += f"; best.pt is picked on {held_out.used} labelled pairs of its held-out shoots"
         if on_pairs:
-            on_pairs(pairs.summary(config.pairs_dir))
+            on_pairs(note)
+    # what picks best.pt: the held-out real pairs' mean endpoint error where there are any
+    best_key = "pairs_epe_mean" if val_pair_batches else "epe_mean"
     if device.type == "cuda":
         pool = pool_on_device(pool, device)
     clock["start"] = time.perf_counter()  # the budget is training time, not pool rendering
@@ -266,7 +284,7 @@ def train(config: TrainConfig, run_dir: str | Path, parent: str | Path | None = 
             "format": "lens-checkpoint/1", "kind": kind, "stage": config.stage, "step": step,
             "model": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "model_config": dict(config.model), "train_config": asdict(config),
             "parent": parent_info, "seed": config.seed, "data_fingerprint": data_fp, "git_commit": git_commit(),
-            "val_metrics": metrics or {}, "best_epe": best,
+            "val_metrics": metrics or {}, "best_epe": best, "best_by": best_key,
         }
         if kind == "last":
             out.update(optimizer=optim.state_dict(), scheduler=sched.state_dict(), rng=_rng_state(rng), torch_rng=torch.get_rng_state(),
@@ -279,6 +297,13 @@ def train(config: TrainConfig, run_dir: str | Path, parent: str | Path | None = 
         if use_flow:
             loss = loss + config.smoothness_weight * smoothness(flow) + config.foldover_weight * foldover_penalty(pred, h, w)
         return loss
+
+    def validate() -> dict[str, float]:
+        """The synthetic held-out pairs' errors, and the real held-out pairs' as ``pairs_*``."""
+        out = evaluate_batches(model, val_batches, use_flow)
+        if val_pair_batches:
+            out.update({f"pairs_{k}": v for k, v in evaluate_batches(model, val_pair_batches, use_flow).items()})
+        return out
 
     captured = CapturedTrainStep(model, optim, pool, step_loss) if config.cuda_graphs else None
     metrics: dict = {}
@@ -306,12 +331,12 @@ def train(config: TrainConfig, run_dir: str | Path, parent: str | Path | None = 
                 reported = time.perf_counter()
                 on_step(step, loss.item(), seen / (reported - t0), progress(step))
             if step % config.val_every == 0 or finished:
-                metrics = evaluate_batches(model, val_batches, use_flow)
+                metrics = validate()
                 with open(stage_dir / HISTORY_FILE, "a") as fh:  # the error-versus-time curve
                     fh.write(json.dumps({"step": step, "pairs": step * config.batch, "elapsed_s": round(clock["offset"] + time.perf_counter() - clock["start"], 1),
                                          "train_loss": round(loss.item(), 4), **{k: round(v, 4) for k, v in metrics.items()}}) + "\n")
-                if metrics["epe_mean"] < best:
-                    best = metrics["epe_mean"]
+                if metrics[best_key] < best:
+                    best = metrics[best_key]
                     save_checkpoint(best_path, payload("best", metrics))
             if step % config.checkpoint_every == 0 or finished:
                 save_checkpoint(last_path, payload("last", metrics))
@@ -320,6 +345,6 @@ def train(config: TrainConfig, run_dir: str | Path, parent: str | Path | None = 
                     save_checkpoint(last_path, payload("last", metrics))
                 raise TrainingStopped(config.stage, step, last_path, stop.signum)
     if not best_path.exists():  # resumed a finished run
-        metrics = evaluate_batches(model, val_batches, use_flow)
+        metrics = validate()
         save_checkpoint(best_path, payload("best", metrics))
     return load_checkpoint(best_path)["val_metrics"]
