@@ -275,6 +275,8 @@ def train(config: TrainConfig, run_dir: str | Path, parent: str | Path | None = 
         rng.bit_generator.state = state["rng"]
         torch.set_rng_state(state["torch_rng"])
         step, best = state["step"], state["best_epe"]
+        if state.get("best_by", "epe_mean") != best_key:  # saved when another set picked best.pt: not comparable
+            best = float("inf")
         clock["offset"] = state.get("elapsed_s", 0.0)
     if step == 0:  # a fresh start: the curve starts over too
         (stage_dir / HISTORY_FILE).unlink(missing_ok=True)
