@@ -105,6 +105,10 @@ def _heif_problem() -> str | None:
     return None
 
 
+# Pillow's greyscale modes of more than 8 bits (16-bit PNG and TIFF, 32-bit integer)
+_WIDE_GREY_MODES = ("I;16", "I;16B", "I;16L", "I")
+
+
 def _reading_notes(img: Image.Image) -> tuple[str, ...]:
     """What of an opened file the output will not hold: ``frames_dropped`` where it has more
     than one image (the pages of a TIFF, the frames of a WebP, the gain map, depth map or
@@ -116,7 +120,7 @@ def _reading_notes(img: Image.Image) -> tuple[str, ...]:
         notes += ("frames_dropped",)
     raw = img.tile[0][3] if img.tile else None
     raw = raw[0] if isinstance(raw, tuple) and raw else raw
-    if img.mode in ("I;16", "I;16B", "I;16L", "I") or (isinstance(raw, str) and (";16" in raw or ";32" in raw)):
+    if img.mode in _WIDE_GREY_MODES or (isinstance(raw, str) and (";16" in raw or ";32" in raw)):
         notes += ("depth_reduced",)
     return notes
 
@@ -124,7 +128,7 @@ def _reading_notes(img: Image.Image) -> tuple[str, ...]:
 def _to_uint8_array(img: Image.Image) -> np.ndarray:
     """Normalise Pillow's many modes to 8-bit L, RGB or RGBA pixels."""
     mode = img.mode
-    if mode in ("I;16", "I;16B", "I;16L", "I"):
+    if mode in _WIDE_GREY_MODES:
         # 16-bit greyscale: scale to 8 bits instead of Pillow's clipping conversion.
         wide = np.asarray(img, dtype=np.float64)
         top = 65535.0 if mode.startswith("I;16") or wide.max() > 255 else 255.0
@@ -141,13 +145,13 @@ def _to_uint8_array(img: Image.Image) -> np.ndarray:
     return arr[..., None] if arr.ndim == 2 else arr
 
 
-def _icc_of_pixels(icc: bytes | None, channels: int) -> bytes | None:
+def _icc_of_pixels(icc: bytes | None, channels: int) -> tuple[bytes | None, tuple[str, ...]]:
     """The ICC profile if its colour space (header bytes 16-20) is the pixels' as written,
-    RGB or grey; else None. A CMYK or Lab photo's profile does not describe its conversion
-    to RGB, and colour-managed viewers would apply it to RGB values."""
-    if not icc or len(icc) < 20:
-        return icc
-    return icc if icc[16:20] == (b"GRAY" if channels == 1 else b"RGB ") else None
+    RGB or grey, else None with the note ``icc_dropped``. A CMYK or Lab photo's profile does
+    not describe its conversion to RGB, and colour-managed viewers would apply it to RGB values."""
+    if not icc or len(icc) < 20 or icc[16:20] == (b"GRAY" if channels == 1 else b"RGB "):
+        return icc, ()
+    return None, ("icc_dropped",)
 
 
 def _fast_decode(path: Path, fmt: str | None, mode: str) -> np.ndarray | None:
@@ -206,9 +210,9 @@ def read_image(path: str | os.PathLike, keep_jpeg: bool = False, draft: tuple[in
                     if device_decodable(path, img.format, img.mode):
                         data = path.read_bytes()
                         if data[-2:] == b"\xff\xd9":
-                            kept_icc = _icc_of_pixels(icc, 3)
+                            kept_icc, dropped = _icc_of_pixels(icc, 3)
                             return DecodedImage(None, exif=exif, icc_profile=kept_icc, segments=segments, encoded=data, encoded_size=(h, w),
-                                                notes=notes + (("icc_dropped",) if icc and kept_icc is None else ()))
+                                                notes=notes + dropped)
                 if draft is not None and img.format in JPEG_FORMATS:
                     img.draft("L", draft)
                 pixels = _fast_decode(path, img.format, img.mode) if draft is None else None
@@ -224,9 +228,8 @@ def read_image(path: str | os.PathLike, keep_jpeg: bool = False, draft: tuple[in
     except (OSError, ValueError, SyntaxError) as exc:
         raise ImageReadError(path, f"corrupt or truncated image: {exc}") from None
     stored = (h, w) if pixels.shape[:2] != (h, w) else None
-    kept_icc = _icc_of_pixels(icc, pixels.shape[2])
-    notes += ("icc_dropped",) if icc and kept_icc is None else ()
-    return DecodedImage(np.ascontiguousarray(pixels), exif=exif, icc_profile=kept_icc, segments=segments, stored_size=stored, notes=notes)
+    kept_icc, dropped = _icc_of_pixels(icc, pixels.shape[2])
+    return DecodedImage(np.ascontiguousarray(pixels), exif=exif, icc_profile=kept_icc, segments=segments, stored_size=stored, notes=notes + dropped)
 
 
 _XMP_PREFIX = b"http://ns.adobe.com/x"  # XMP (".../xap/1.0/") and extended XMP (".../xmp/extension/")

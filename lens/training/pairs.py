@@ -253,30 +253,28 @@ def load_pair_pool(folder: str | Path, width: int, max_residual: float = MAX_FIT
     return PairPool(groups, used, left_out, digest.hexdigest()[:16])
 
 
-def pair_batches(pool: PairPool, batch: int, device: str | torch.device = "cpu") -> list:
-    """Every pair of ``pool`` once, in batches of up to ``batch`` of one size, in a fixed order:
-    a validation set (`lens.training.batches.Batch`)."""
+def _batch_of(images: torch.Tensor, params: torch.Tensor, device: str | torch.device):
+    """Pairs of one size as a `lens.training.batches.Batch`: the inputs as they are, supervised
+    by their labels."""
     import torch
 
     from lens.training.batches import Batch
 
-    out = []
-    for images, params in pool.groups:
-        for i in range(0, len(params), batch):
-            chosen = images[i : i + batch].to(device).float()
-            out.append(Batch(chosen, torch.full((len(chosen),), chosen.shape[-2] / chosen.shape[-1], device=device), params[i : i + batch].to(device)))
-    return out
+    chosen = images.to(device).float()
+    return Batch(chosen, torch.full((len(chosen),), chosen.shape[-2] / chosen.shape[-1], device=device), params.to(device))
+
+
+def pair_batches(pool: PairPool, batch: int, device: str | torch.device = "cpu") -> list:
+    """Every pair of ``pool`` once, in batches of up to ``batch`` of one size, in a fixed order:
+    a validation set."""
+    return [_batch_of(images[i : i + batch], params[i : i + batch], device) for images, params in pool.groups for i in range(0, len(params), batch)]
 
 
 def draw_pair_batch(pool: PairPool, batch: int, rng: np.random.Generator, device: str | torch.device = "cpu"):
-    """A batch of real pairs of one size (a group drawn in proportion to its pairs), supervised
-    by their labels: `lens.training.batches.Batch` with the inputs as they are."""
+    """A batch of real pairs of one size (a group drawn in proportion to its pairs)."""
     import torch
-
-    from lens.training.batches import Batch
 
     sizes = np.array([len(params) for _, params in pool.groups], dtype=np.float64)
     images, params = pool.groups[int(rng.choice(len(sizes), p=sizes / sizes.sum()))]
     idx = torch.from_numpy(rng.integers(0, len(params), size=batch))
-    chosen = images[idx].to(device).float()
-    return Batch(chosen, torch.full((batch,), chosen.shape[-2] / chosen.shape[-1], device=device), params[idx].to(device))
+    return _batch_of(images[idx], params[idx], device)
