@@ -646,7 +646,7 @@ def score(
         writer = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
-        write_atomic(csv_out, buf.getvalue().encode())
+        write_atomic(csv_out, buf.getvalue().encode("utf-8", "surrogateescape"))  # a non-UTF-8 file name keeps its own bytes
     if json_out:
         _write_json(json_out, summary)
     mean = summary["mean_score"]
@@ -694,7 +694,7 @@ def qa(
         from lens.qa.report import render_html
         from lens.runtime.io import write_atomic
 
-        write_atomic(report, render_html(result, pred).encode())
+        write_atomic(report, render_html(result, pred).encode("utf-8", "backslashreplace"))  # a non-UTF-8 file name shows as \udcXX, as on the console
         console.print(f"report -> {escape(str(report))}", soft_wrap=True)
     if not result.passed:
         raise typer.Exit(1)

@@ -100,6 +100,36 @@ def test_a_photo_whose_name_is_as_long_as_the_file_system_allows_is_corrected(tm
     assert not list((tmp_path / "out").glob(".*.part"))
 
 
+def test_photos_whose_names_are_not_utf8_are_corrected_and_reported(tmp_path, photos):
+    """Latin-1 names from an old archive or a Windows share ("Küche" as the byte 0xFC): the
+    run stopped with a traceback at the first such output, leaving no summary."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    good, bad = os.fsdecode(b"K\xfcche.jpg"), os.fsdecode(b"Fl\xfcr.jpg")
+    try:
+        (folder / good).write_bytes(next(photos.glob("*.jpg")).read_bytes())
+    except (OSError, UnicodeError):
+        pytest.skip("this file system takes UTF-8 names only")
+    (folder / bad).write_bytes(next(photos.glob("*.jpg")).read_bytes()[:500])  # truncated
+    (folder / "plain.jpg").write_bytes(next(photos.glob("*.jpg")).read_bytes())
+    out = tmp_path / "out"
+    result = _run(folder, out)
+    assert result.exit_code == 1, result.output  # the truncated one failed, nothing else
+    summary = json.loads((out / "lens-run" / "summary.json").read_text())
+    assert summary["ok"] == 2 and [f["id"] for f in summary["failed"]] == [bad[:-4]]
+    with Image.open(out / good) as img:  # the output carries the input's own name bytes
+        img.load()
+    # lens qa's report names it (such a name is not a valid submission id, so QA fails)
+    qa = runner.invoke(app, ["qa", str(out), "--inputs", str(folder), "--json", str(tmp_path / "qa.json"), "--report", str(tmp_path / "qa.html")])
+    assert qa.exit_code == 1 and "bad_name" in qa.output
+    assert "K\\udcfcche.jpg" in (tmp_path / "qa.html").read_text()
+    # lens score reads it too (OpenCV's imread of such a name killed the process): in a child
+    # process, so that a crash fails this test instead of the test session
+    score = subprocess.run([sys.executable, "-m", "lens", "score", str(out), str(out), "--csv", str(tmp_path / "s.csv")], capture_output=True)
+    assert score.returncode == 0, score.stderr[-2000:]
+    assert b"K\xfcche," in (tmp_path / "s.csv").read_bytes()
+
+
 def test_an_output_named_like_an_image_file_is_refused_before_anything_is_written(tmp_path, photos):
     """`lens run a.jpg b.jpg` would have made a folder b.jpg/ holding a.jpg."""
     result = _run(photos / "p00.jpg", tmp_path / "fixed.jpg")

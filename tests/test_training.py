@@ -1,5 +1,6 @@
 """Training side on tiny data: synthesis, pseudo-labels, stages with resume, eval, audit."""
 import json
+import os
 import subprocess
 import sys
 import time
@@ -232,6 +233,9 @@ def test_shoot_grouped_split_keeps_shoots_together():
     pairs = [Pair(f"s{s}_g{g}", None, None, f"s{s}") for s in range(40) for g in range(3)]
     train, val = split_by_shoot(pairs, 0.25)
     assert not {p.shoot for p in train} & {p.shoot for p in val} and val and train
+    # a shoot named in Latin-1 bytes (os.fsdecode's surrogate escapes) is placed, not a crash
+    latin = [Pair(os.fsdecode(b"K\xfcche%d" % s), None, None, os.fsdecode(b"K\xfcche%d" % s)) for s in range(40)]
+    assert sum(map(len, split_by_shoot(latin, 0.25))) == 40
 
 
 def test_device_pool_draws_the_same_batches_and_history_records_the_curve(tmp_path):

@@ -109,7 +109,12 @@ def read_grey(path) -> np.ndarray:
     except Exception as exc:
         raise ImageReadError(path, f"not a readable image: {exc}") from None
     flag = cv2.IMREAD_REDUCED_GRAYSCALE_4 if width >= 4 * WORK_WIDTH else cv2.IMREAD_REDUCED_GRAYSCALE_2 if width >= 2 * WORK_WIDTH else cv2.IMREAD_GRAYSCALE
-    grey = cv2.imread(str(path), flag)
+    # imdecode of the bytes, not imread(path): OpenCV's imread crashes the process on a name
+    # that is not UTF-8 (a segmentation fault in 5.0) and misreads non-ASCII names on Windows
+    try:
+        grey = cv2.imdecode(np.fromfile(path, np.uint8), flag)
+    except OSError as exc:
+        raise ImageReadError(path, f"cannot read: {exc.strerror or exc}") from None
     if grey is None:
         raise ImageReadError(path, "corrupt or truncated image")
     return to_grey(grey, WORK_WIDTH)

@@ -336,6 +336,19 @@ def encode_image(image: DecodedImage, fmt: str, quality: int = JPEG_QUALITY) -> 
 _NAME_MAX = 255  # bytes in a file name: ext4, XFS, Btrfs, APFS, NTFS (in UTF-16 units)
 
 
+def _cut_name(name: str, limit: int) -> str:
+    """The longest start of ``name`` whose file-system bytes fit in ``limit``, cut between
+    characters. A name that is not UTF-8 (a Latin-1 "K\xfcche.jpg" from an old archive) holds
+    its raw bytes as surrogate escapes, one byte each."""
+    out, size = [], 0
+    for ch in name:
+        size += len(os.fsencode(ch))
+        if size > limit:
+            break
+        out.append(ch)
+    return "".join(out)
+
+
 def write_atomic(path: str | os.PathLike, data: bytes, durable: bool = False) -> None:
     """Write ``data`` to ``path`` so that ``path`` is either absent, its old content, or the
     complete new content, even if the process is killed: temp file in the same folder, then
@@ -345,7 +358,7 @@ def write_atomic(path: str | os.PathLike, data: bytes, durable: bool = False) ->
     path.parent.mkdir(parents=True, exist_ok=True)
     # the name cut so that the temporary's fits where the output's does (255 bytes on most
     # file systems: ".", the name, ".", mkstemp's 8 characters, ".part")
-    short = path.name.encode()[: _NAME_MAX - 15].decode(errors="ignore")
+    short = _cut_name(path.name, _NAME_MAX - 15)
     fd, tmp = tempfile.mkstemp(prefix=f".{short}.", suffix=".part", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:

@@ -57,7 +57,7 @@ def split_by_shoot(pairs: list[Pair], val_fraction: float = 0.1, seed: int = 0) 
     """Train/validation split that keeps every shoot on one side. A shoot's side depends only
     on its id and the seed (a hash), so adding data never moves existing shoots."""
     def to_val(shoot: str) -> bool:
-        digest = hashlib.sha256(f"{seed}:{shoot}".encode()).digest()
+        digest = hashlib.sha256(f"{seed}:{shoot}".encode("utf-8", "surrogateescape")).digest()  # a non-UTF-8 name: its own bytes
         return int.from_bytes(digest[:8], "big") / 2**64 < val_fraction
 
     train = [p for p in pairs if not to_val(p.shoot)]
@@ -243,7 +243,7 @@ def load_pair_pool(folder: str | Path, width: int, max_residual: float = MAX_FIT
             images, params = by_size.setdefault(small.shape[:2], ([], []))
             images.append(torch.from_numpy(np.ascontiguousarray(small)).permute(2, 0, 1))
             params.append(LensParams(**label["params"]).to_tensor()[0])
-            digest.update(pair.pair_id.encode() + json.dumps(label["params"], sort_keys=True).encode() + small.tobytes())
+            digest.update(pair.pair_id.encode("utf-8", "surrogateescape") + json.dumps(label["params"], sort_keys=True).encode() + small.tobytes())
     used = sum(len(images) for images, _ in by_size.values())
     if not used:
         purpose = "to train on in its training split" if split == "train" else "to validate on in its held-out shoots"
