@@ -186,7 +186,7 @@ def run_cmd(
     from lens.runtime.cpu_budget import usable_cores
     from lens.runtime.pipeline import RunOptions, run
     from lens.runtime.policy import MODES
-    from lens.runtime.run_folder import RunRefused
+    from lens.runtime.run_folder import RecordsUnwritable, RunRefused
 
     if mode != "auto" and mode not in MODES:
         raise typer.BadParameter(f"choose auto or one of {', '.join(MODES)}", param_hint="--mode")
@@ -269,6 +269,11 @@ def run_cmd(
                 progress.stop()
                 console.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
                 raise typer.Exit(2)
+            except RecordsUnwritable as exc:
+                progress.stop()
+                console.print(f"[red]error:[/] {escape(str(exc))}; stopped after {done[0]} of {progress.tasks[0].total:.0f} images. "
+                              "Every output written is complete: free some space and add --resume to the same command to go on.", soft_wrap=True)
+                raise typer.Exit(1)
             except KeyboardInterrupt:
                 progress.stop()
                 console.print(f"[yellow]{stopped_by[0] or 'interrupted'}[/] after {done[0]} of {progress.tasks[0].total:.0f} images; "

@@ -319,6 +319,35 @@ def test_interrupt_then_resume_gives_the_uninterrupted_result(tmp_path, photos, 
     assert not list(out.glob(".*.part"))
 
 
+def test_a_disk_that_fills_up_stops_the_run_with_a_clear_error_and_resume_goes_on(tmp_path, photos):
+    """The run's records written to /dev/full (every write: "No space left on device") stand
+    for a disk that filled up mid-run: it stopped with a traceback; a disk already full
+    refused with one too."""
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full on this system")
+    reference = tmp_path / "reference"
+    assert _run(photos, reference, "--workers", "1").exit_code == 0
+    out = tmp_path / "out"
+    (out / "lens-run").mkdir(parents=True)
+    (out / "lens-run" / "images.jsonl.part").symlink_to("/dev/full")
+    result = runner.invoke(app, ["run", str(photos), str(out), "--workers", "1"])
+    assert result.exit_code == 1, result.output
+    assert "cannot write the run's records" in result.output and "No space left on device" in result.output
+    assert "add --resume to the same command" in result.output and "Traceback" not in result.output
+    for p in out.glob("*.jpg"):  # what was written is complete
+        assert p.read_bytes() == (reference / p.name).read_bytes()
+    (out / "lens-run" / "images.jsonl.part").unlink()  # space freed
+    result = _run(photos, out, "--resume", "--workers", "1")
+    assert result.exit_code == 0, result.output
+    assert _outputs(out) == _outputs(reference)
+    # a folder whose lock cannot even be written (on a full disk: ENOSPC; here the device
+    # refuses to be truncated): refused before any work, naming the folder
+    (out / "lens-run" / ".lock").unlink()
+    (out / "lens-run" / ".lock").symlink_to("/dev/full")
+    result = runner.invoke(app, ["run", str(photos), str(out)])
+    assert result.exit_code == 2 and f"cannot write to the output folder {out}" in result.output.replace("\n", "")
+
+
 def test_resume_refuses_a_folder_written_with_other_settings(tmp_path, photos):
     # outputs of two settings in one folder would look alike and differ: --resume says so
     out = tmp_path / "out"

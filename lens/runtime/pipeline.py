@@ -34,7 +34,7 @@ from lens.runtime.lens_maps import correction_maps, lattice_safety, maps_from_la
 from lens.runtime.memory import keep_freed_memory
 from lens.runtime.metadata import IMAGES_FILE, RUN_DIR, SUMMARY_FILE
 from lens.runtime.policy import MODES, SafetyThresholds, reasons_from_masks, violations
-from lens.runtime.run_folder import RunRefused, clean_stale_temporaries, exclusive, hold_to_settings, read_records, source_stat
+from lens.runtime.run_folder import RecordsUnwritable, RunRefused, clean_stale_temporaries, exclusive, hold_to_settings, read_records, source_stat
 from lens.runtime.sampling import warp_with_maps
 
 
@@ -472,8 +472,11 @@ def _run_locked(src: Path, out: Path, run_dir: Path, backend: Backend, options: 
     def record(rec: dict) -> None:
         with lock:
             records[rec["id"]] = rec
-            part.write(json.dumps(rec, sort_keys=True) + "\n")
-            part.flush()
+            try:
+                part.write(json.dumps(rec, sort_keys=True) + "\n")
+                part.flush()
+            except OSError as exc:
+                raise RecordsUnwritable(f"cannot write the run's records in {run_dir}: {exc.strerror or exc}") from None
         if on_image:
             on_image(rec)
 
@@ -534,12 +537,15 @@ def _run_locked(src: Path, out: Path, run_dir: Path, backend: Backend, options: 
                 drain(0)
                 raise
     finally:
-        part.close()
+        try:
+            part.close()
+        except OSError:  # what it could not flush, `record` has already reported
+            pass
         if line_fits is not None:
             line_fits.close()
     wall = time.perf_counter() - t0
     ordered = [records[k] for k in sorted(records)]
-    write_atomic(run_dir / IMAGES_FILE, "".join(json.dumps(r, sort_keys=True) + "\n" for r in ordered).encode())
+    _write_records(run_dir / IMAGES_FILE, "".join(json.dumps(r, sort_keys=True) + "\n" for r in ordered).encode())
     (run_dir / (IMAGES_FILE + ".part")).unlink(missing_ok=True)
     done_now = [r for r in ordered if r["id"] not in skip_ids]
     ok_now = [r for r in done_now if r["status"] == "ok"]
@@ -561,8 +567,17 @@ def _run_locked(src: Path, out: Path, run_dir: Path, backend: Backend, options: 
         **info,
     }
     summary["versions"] = {**summary.get("versions", {}), **_versions()}
-    write_atomic(run_dir / SUMMARY_FILE, (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode())
+    _write_records(run_dir / SUMMARY_FILE, (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode())
     return summary
+
+
+def _write_records(path: Path, data: bytes) -> None:
+    """`write_atomic`; a full disk stops the run with `RecordsUnwritable` (the records so far
+    stay in the ``.part`` file, which ``--resume`` reads)."""
+    try:
+        write_atomic(path, data)
+    except OSError as exc:
+        raise RecordsUnwritable(f"cannot write the run's records in {path.parent}: {exc.strerror or exc}") from None
 
 
 def _lines_summary(records: list[dict], line_fit: bool, reason: str) -> dict:

@@ -25,6 +25,12 @@ class OutputBusy(RunRefused):
     """Another `lens run` is writing to the output folder."""
 
 
+class RecordsUnwritable(RuntimeError):
+    """The run's records could not be written (a full disk): the run stops. Every output
+    already written is complete; an output without its record is corrected again by
+    ``--resume``."""
+
+
 @contextmanager
 def exclusive(run_dir: Path) -> Iterator[None]:
     """Hold ``run_dir``'s lock file for the run: a second run into the same folder (an
@@ -47,10 +53,11 @@ def exclusive(run_dir: Path) -> Iterator[None]:
             holder = handle.read().strip()
             raise OutputBusy(f"another lens run{f' (process {holder})' if holder else ''} is writing to {run_dir.parent}: "
                              "wait for it to finish, or choose another output folder") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(str(os.getpid()))
-        handle.flush()
+        try:  # unbuffered: a failed write must not fail again when the handle closes
+            os.ftruncate(handle.fileno(), 0)
+            os.pwrite(handle.fileno(), str(os.getpid()).encode(), 0)
+        except OSError as exc:  # a full disk: nothing else could be written either
+            raise RunRefused(f"cannot write to the output folder {run_dir.parent}: {exc.strerror or exc}") from None
         try:
             yield
         finally:
@@ -102,4 +109,7 @@ def hold_to_settings(run_dir: Path, settings: dict, resume: bool) -> None:
             detail = "; ".join(f"{k}: {earlier.get(k)!r} then, {settings.get(k)!r} now" for k in changed)
             raise ResumeMismatch(f"--resume: {run_dir.parent} was written with other settings ({detail}); "
                                  "its outputs and this run's would differ. Resume with the earlier settings, or run without --resume to redo every image")
-    write_atomic(path, (json.dumps(settings, indent=2, sort_keys=True) + "\n").encode())
+    try:
+        write_atomic(path, (json.dumps(settings, indent=2, sort_keys=True) + "\n").encode())
+    except OSError as exc:
+        raise RunRefused(f"cannot write to the output folder {run_dir.parent}: {exc.strerror or exc}") from None
