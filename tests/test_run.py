@@ -216,6 +216,14 @@ def _bad_inputs(folder: Path) -> dict[str, str]:
     expect["pages"] = "ok"
     Image.new("1", (20000, 20000)).save(folder / "bomb.png")
     expect["bomb"] = "too large"
+    # scientific TIFFs: float samples, and 32-bit integers that scaled as 16 bits came out white
+    Image.fromarray(np.asarray(Image.fromarray(base).convert("L"), np.float32) / 255, "F").save(folder / "float.tif")
+    expect["float"] = "floating-point samples are not supported"
+    Image.fromarray(np.asarray(Image.fromarray(base).convert("L"), np.int32) * 2**23, "I").save(folder / "int32.tif")
+    expect["int32"] = "32-bit integer samples outside 0..65535"
+    # a link to a photo that is gone (a moved card, an unmounted share): it vanished unnamed
+    (folder / "gone.jpg").symlink_to(folder / "moved-away.jpg")
+    expect["gone"] = "cannot open: No such file or directory (a link to"
     return expect
 
 

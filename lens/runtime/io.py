@@ -125,16 +125,23 @@ def _reading_notes(img: Image.Image) -> tuple[str, ...]:
     return notes
 
 
+class UnsupportedPixels(ValueError):
+    """Samples with no 8-bit photo reading (floating point, 32-bit integers beyond 16 bits)."""
+
+
 def _to_uint8_array(img: Image.Image) -> np.ndarray:
     """Normalise Pillow's many modes to 8-bit L, RGB or RGBA pixels."""
     mode = img.mode
     if mode in _WIDE_GREY_MODES:
         # 16-bit greyscale: scale to 8 bits instead of Pillow's clipping conversion.
         wide = np.asarray(img, dtype=np.float64)
+        if wide.size and (wide.min() < 0 or wide.max() > 65535):
+            # a 32-bit scientific TIFF: scaled as 16 bits it came out white, and passed as corrected
+            raise UnsupportedPixels(f"32-bit integer samples outside 0..65535 ({wide.min():.0f}..{wide.max():.0f}) are not supported")
         top = 65535.0 if mode.startswith("I;16") or wide.max() > 255 else 255.0
         return np.clip(np.rint(wide * (255.0 / top)), 0, 255).astype(np.uint8)[..., None]
     if mode == "F":
-        raise ValueError("floating-point images are not supported")
+        raise UnsupportedPixels("floating-point samples are not supported")
     if mode == "P":
         img = img.convert("RGBA" if "transparency" in img.info else "RGB")
     elif mode in ("LA", "PA", "RGBa", "La"):
@@ -186,7 +193,7 @@ def read_image(path: str | os.PathLike, keep_jpeg: bool = False, draft: tuple[in
     try:
         size = path.stat().st_size
     except OSError as exc:
-        raise ImageReadError(path, f"cannot open: {exc.strerror or exc}") from None
+        raise ImageReadError(path, f"cannot open: {exc.strerror or exc}" + (f" (a link to {os.readlink(path)})" if path.is_symlink() else "")) from None
     if size == 0:
         raise ImageReadError(path, "empty file (0 bytes)")
     try:
@@ -225,6 +232,8 @@ def read_image(path: str | os.PathLike, keep_jpeg: bool = False, draft: tuple[in
         raise ImageReadError(path, "not a readable image (unknown or corrupt format)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageReadError(path, f"image too large (decompression bomb guard): {exc}") from None
+    except UnsupportedPixels as exc:
+        raise ImageReadError(path, f"unsupported image: {exc}") from None
     except (OSError, ValueError, SyntaxError) as exc:
         raise ImageReadError(path, f"corrupt or truncated image: {exc}") from None
     stored = (h, w) if pixels.shape[:2] != (h, w) else None
@@ -396,7 +405,7 @@ def _files(folder: Path, recursive: bool, skip: Path | None, seen: set[Path] | N
             if recursive and real != skip and real not in seen and not (p / "lens-run").is_dir():
                 seen.add(real)
                 yield from _files(p, True, skip, seen)
-        elif p.is_file():
+        elif p.is_file() or p.is_symlink():  # a broken link to a photo fails with its reason instead of vanishing
             yield p
 
 
