@@ -719,6 +719,12 @@ def package(
     from lens.qa.package import PackageError
     from lens.qa.package import package as build_package
 
+    if out.is_dir():
+        raise typer.BadParameter(f"{out} is a folder; name the zip to write, e.g. --out {out / 'submission.zip'}", param_hint="--out")
+    if out.resolve().parent == pred.resolve():
+        # the zip and its manifest would be read as badly named predictions by the next QA
+        raise typer.BadParameter(f"{out} is inside the predictions folder {pred}, which must hold the <id>.jpg files only; "
+                                 f"write it beside it, e.g. --out {pred.resolve().parent / out.name}", param_hint="--out")
     result = _qa_report(pred, inputs, ids, require_metadata=strict)
     _write_json(out.with_name(out.name + ".qa.json"), result.to_dict())
     try:

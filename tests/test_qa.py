@@ -189,6 +189,14 @@ def test_package_is_byte_identical_flat_stored_and_verified(tmp_path, submission
     result = runner.invoke(app, ["package", str(pred), "--out", str(tmp_path / "c.zip"), "--inputs", str(inputs)])
     assert result.exit_code == 0 and "1 image(s) in subfolders not checked nor packaged" in result.output and "listing2/img0.jpg" in result.output
     assert (tmp_path / "c.zip").read_bytes() == zips[0]
+    # a zip written into the predictions folder passed once, then failed every later QA as
+    # three badly named predictions (the zip, its manifest and QA record); a folder as --out
+    # was a traceback
+    before = sorted(p.name for p in pred.iterdir())
+    for out, said in ((pred / "s.zip", "inside the predictions folder"), (tmp_path, "is a folder")):
+        result = runner.invoke(app, ["package", str(pred), "--out", str(out), "--inputs", str(inputs)])
+        assert result.exit_code == 2 and said in result.output, result.output
+    assert sorted(p.name for p in pred.iterdir()) == before
 
 
 def test_force_packages_past_failed_qa_and_records_it(tmp_path, submission):
