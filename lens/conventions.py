@@ -26,6 +26,14 @@ REGIME_RANGES: dict[str, list[tuple[float, float]]] = {
     "general": [(-0.4, 0.25), (-0.1, 0.5), (-0.05, 0.05), (-0.004, 0.004), (-0.004, 0.004), (0.7, 1.5), (-0.03, 0.03), (-0.03, 0.03)],
 }
 
+#: How far from the centre a photo's corners may lie, in focal lengths at the convention's
+#: f = image width, for `lens run` to correct it. A tall frame's corners lie far out: 0.90 for a
+#: 2:3 portrait, 1.29 for one at the general regime's shortest focal length (0.7), the furthest
+#: any trained lens reaches. Beyond, the lens polynomial extrapolates: on a 1:3 frame the default
+#: model's lens moved pixels by a third of the width and bent straight edges. Every landscape
+#: frame and portraits up to 1:2.4 are within it.
+MAX_CORNER_RADIUS = 1.3
+
 #: Order of the safety statistics of a grid (definitions: `lens.geometry.safety`).
 SAFETY_STATS: tuple[str, ...] = (
     "oob_fraction",  # share of output pixels sampling outside the input (would show padding)

@@ -208,6 +208,12 @@ def _bad_inputs(folder: Path) -> dict[str, str]:
     expect["rotated"] = "ok"
     Image.fromarray(base[:8, :8]).save(folder / "tiny.png")
     expect["tiny"] = "ok"
+    # a 1:3 strip: the lens model's corners would lie 1.58 focal lengths out, where it bent the
+    # default model's straight edges; a 1:2.4 portrait is still a camera's frame
+    Image.fromarray(np.ascontiguousarray(np.repeat(base[:, :60], 2, axis=0)[:180])).save(folder / "strip.jpg")
+    expect["strip"] = "too tall to correct: 60x180 (1:3.0)"
+    Image.fromarray(np.ascontiguousarray(np.repeat(base[:, :70], 2, axis=0)[:168])).save(folder / "tall.jpg")
+    expect["tall"] = "ok"
     # a phone's JPEG with a second image after the main one (MPF: a gain map, depth map or
     # preview), and a two-page TIFF
     Image.fromarray(base).save(folder / "phone.jpg", format="MPO", save_all=True, append_images=[Image.fromarray(base[:64, :64])])

@@ -26,7 +26,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from lens.conventions import PARAM_NAMES, SAFETY_STATS
+from lens.conventions import MAX_CORNER_RADIUS, PARAM_NAMES, SAFETY_STATS
 from lens.runtime.backends import Backend
 from lens.runtime.cpu_budget import opencv_threads_per_worker
 from lens.runtime.io import DecodedImage, ImageReadError, claim_output_names, encode_image, list_images, output_format, read_image, splice_jpeg_metadata, write_atomic
@@ -95,10 +95,24 @@ def _decode(job: Job, keep_jpeg: bool = False) -> Job:
     t = time.perf_counter()
     try:
         job.image = read_image(job.source, keep_jpeg)
+        job.error = frame_problem(job.image.height, job.image.width)
     except ImageReadError as exc:
         job.error = exc.reason
+    if job.error:
+        job.image = None
     job.timings["decode_ms"] = (time.perf_counter() - t) * 1e3
     return job
+
+
+def frame_problem(height: int, width: int) -> str | None:
+    """Why a photo of this size cannot be corrected by a lens model in the convention's units
+    (its corners beyond `MAX_CORNER_RADIUS`), or None."""
+    radius = np.hypot((width - 1) / 2, (height - 1) / 2) / width
+    if radius <= MAX_CORNER_RADIUS:
+        return None
+    return (f"too tall to correct: {width}x{height} (1:{height / width:.1f}) puts its corners {radius:.2f} focal lengths from the centre "
+            f"under the lens convention (focal length = width), beyond the {MAX_CORNER_RADIUS} any lens of the model reaches "
+            "(taller than about 1:2.4: a crop or a panorama, not a camera's frame)")
 
 
 def _rgb(job: Job) -> np.ndarray:
