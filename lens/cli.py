@@ -759,6 +759,7 @@ def export_cmd(
     the whole, bit for bit), build a TensorRT engine where possible, and write manifest.json."""
     _require_torch("export")
     from lens.export.build import ExportCheckFailed, export
+    from lens.training.checkpoint import CheckpointError
     from lens.export.tensorrt_build import ShapeProfile
 
     try:
@@ -773,6 +774,9 @@ def export_cmd(
         except ExportCheckFailed as exc:
             console.print(f"[red]export check failed:[/] {escape(str(exc))}", soft_wrap=True)
             raise typer.Exit(1)
+        except CheckpointError as exc:
+            console.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
+            raise typer.Exit(2)
     for item in result.manifest["onnx"]:
         checked = "onnx.checker, symbolic B/H/W, onnxruntime at 2 sizes, TensorRT lint" + ("; the halves equal the whole CPU graph" if item["variant"].startswith("lattice_") else "")
         console.print(f"{escape(item['file'])}  sha256 {item['sha256'][:16]}…  (checked: {checked})", soft_wrap=True)

@@ -137,3 +137,25 @@ def test_tensorrt_engine_builds_and_matches_onnxruntime(build, tmp_path):
         pytest.skip(f"TensorRT unavailable: {exc}")
     info = build_engine(build / ONNX_FULL, tmp_path / "lens.engine", ShapeProfile((1, 3, 64, 64), (2, 3, 683, 1024), (2, 3, 1367, 2048)), 2.0, tmp_path / "t.cache")
     assert (tmp_path / "lens.engine").stat().st_size > 0 and info["tensorrt"]
+
+
+def test_files_that_are_not_lens_checkpoints_are_named_and_refused_by_every_command(tmp_path):
+    """A plain state dict, another model's config and a corrupt file: export and run stopped
+    with a KeyError or RuntimeError traceback."""
+    import torch
+
+    ckpt = load_checkpoint(CHECKPOINT)
+    torch.save(ckpt["model"], tmp_path / "state_dict.pt")
+    torch.save({**ckpt, "model_config": {**ckpt["model_config"], "backbone": "resnet"}}, tmp_path / "other_model.pt")
+    (tmp_path / "corrupt.pt").write_bytes(CHECKPOINT.read_bytes()[:1000])
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    shutil.copy(SAMPLES / "coffee.jpg", photos)
+    said = {"state_dict.pt": "not a lens checkpoint", "other_model.pt": "does not match this version of lens",
+            "corrupt.pt": "not a loadable lens checkpoint"}
+    for name, reason in said.items():
+        path = str(tmp_path / name)
+        for args in (["export", "--checkpoint", path, "--out", str(tmp_path / "build")], ["run", str(photos), str(tmp_path / "out"), "--checkpoint", path]):
+            result = runner.invoke(app, args)
+            assert result.exit_code == 2 and reason in result.output, (args, result.output)
+    assert not (tmp_path / "build").exists() and not list((tmp_path / "out").glob("*.jpg"))

@@ -140,8 +140,9 @@ def export(checkpoint: Path, out_dir: Path, precision: str = "fp32", profile: Sh
            engine: bool = True, workspace_gib: float = 4.0, version_compatible: bool = False, hardware_compatible: bool = False) -> ExportResult:
     if precision not in ("fp32", "fp16"):
         raise ValueError(f"precision must be fp32 or fp16, not {precision!r}")
-    out_dir.mkdir(parents=True, exist_ok=True)
     ckpt = load_checkpoint(checkpoint)
+    model_from_checkpoint(ckpt)  # refuses another version's model before anything is written
+    out_dir.mkdir(parents=True, exist_ok=True)
     use_residual = ckpt["stage"] != "param"
     modes = torch.tensor([-1, -1], dtype=torch.int64)
     variants = (

@@ -215,17 +215,21 @@ class TorchBackend(Backend):
         except ImportError:
             raise BackendUnavailable("the torch backend needs torch (pip install '.[train]')") from None
         from lens.export.graph import LensGraph, LensMapsGraph
-        from lens.training.checkpoint import load_checkpoint, model_from_checkpoint
+        from lens.training.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 
         if device == "cuda" and not torch.cuda.is_available():
             raise BackendUnavailable("torch sees no CUDA GPU")
-        ckpt = load_checkpoint(checkpoint)
+        try:
+            ckpt = load_checkpoint(checkpoint)
+            model = model_from_checkpoint(ckpt)
+        except CheckpointError as exc:
+            raise BackendUnavailable(str(exc)) from None
         self.torch = torch
         self.device = device
         self.samples_on_device = device == "cuda"
         self.batch_invariant = device != "cuda"
         kind = LensGraph if self.samples_on_device else LensMapsGraph
-        self.graph = kind(model_from_checkpoint(ckpt), use_residual=ckpt["stage"] != "param").eval().to(device)
+        self.graph = kind(model, use_residual=ckpt["stage"] != "param").eval().to(device)
         self.names = ("params", "flow", "safety", "mode", "violations", "corrected" if self.samples_on_device else "lattice")
         self.lock = threading.Lock()
         # On CUDA the pipeline hands over GPU tensors (`infer_device`) or channels-last host

@@ -46,14 +46,29 @@ def save_checkpoint(path: str | Path, payload: dict) -> None:
     write_atomic(path, buf.getvalue(), durable=True)
 
 
+class CheckpointError(ValueError):
+    """A file that is not a usable lens checkpoint; the message names it and says why."""
+
+
+FORMAT = "lens-checkpoint/"
+_REQUIRED = ("model", "model_config", "stage")
+
+
 def load_checkpoint(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt file, or one carrying pickled code
-        raise ValueError(f"{path}: not a loadable lens checkpoint ({exc})") from None
+        raise CheckpointError(f"{path}: not a loadable lens checkpoint ({exc})") from None
+    # a plain state dict or another tool's file loads too, and failed later on a missing key
+    if not isinstance(ckpt, dict) or not str(ckpt.get("format", "")).startswith(FORMAT):
+        raise CheckpointError(f"{path}: not a lens checkpoint (no '{FORMAT}...' format field: a plain state dict or another tool's file?)")
+    missing = [k for k in _REQUIRED if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"{path}: incomplete lens checkpoint (missing {', '.join(missing)})")
+    return ckpt
 
 
 def model_config_of(ckpt: dict) -> ModelConfig:
@@ -63,6 +78,10 @@ def model_config_of(ckpt: dict) -> ModelConfig:
 
 
 def model_from_checkpoint(ckpt: dict) -> LensNet:
-    model = LensNet(model_config_of(ckpt))
-    model.load_state_dict(ckpt["model"])
+    try:
+        model = LensNet(model_config_of(ckpt))
+        model.load_state_dict(ckpt["model"])
+    except (TypeError, ValueError, RuntimeError) as exc:  # a config or weights of another version of the model
+        detail = " ".join(line.strip() for line in str(exc).splitlines()[:2])  # torch's first line only says that it failed
+        raise CheckpointError(f"the checkpoint's model does not match this version of lens: {detail[:300]}") from None
     return model.eval()
