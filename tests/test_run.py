@@ -690,7 +690,7 @@ def test_default_workers_follow_the_container_cpu_quota(tmp_path, monkeypatch):
     assert usable_cores(v1, self_cgroup) == 2
 
 
-def test_a_build_exported_before_the_cpu_graph_was_cut_in_two_is_refused_with_the_command_to_fix_it(tmp_path, photos):
+def test_a_build_that_is_old_incomplete_or_damaged_is_refused_with_the_command_to_fix_it(tmp_path, photos):
     # the CPU graph was once one file, lens_cpu.onnx (at first taking the full image and
     # returning full-size maps); the runtime now runs its two halves
     from onnx import TensorProto, helper, save
@@ -712,3 +712,15 @@ def test_a_build_exported_before_the_cpu_graph_was_cut_in_two_is_refused_with_th
     shutil.copy(DEFAULT_BUILD / ONNX_CPU_NETWORK, build / ONNX_CPU_NETWORK)
     result = _run(photos, tmp_path / "out", "--build", build, "--device", "cpu")
     assert result.exit_code == 2 and f"has no {ONNX_CPU_WARP}" in result.output.replace("\n", " ")
+    # a graph cut short by an interrupted copy, and one a bit off its manifest's bytes: each
+    # ran (or crashed ONNX Runtime's loader with a traceback) while the summary reported the
+    # manifest's hash as the model that made the outputs
+    data = (DEFAULT_BUILD / ONNX_CPU_WARP).read_bytes()
+    for broken in (data[: len(data) // 2], data[:-1] + bytes([data[-1] ^ 1])):
+        (build / ONNX_CPU_WARP).write_bytes(broken)
+        result = _run(photos, tmp_path / "out", "--build", build, "--device", "cpu")
+        assert result.exit_code == 2 and f"{ONNX_CPU_WARP} is not the graph its manifest lists" in result.output.replace("\n", " "), result.output
+    (build / "manifest.json").write_text("{cut")
+    result = _run(photos, tmp_path / "out", "--build", build, "--device", "cpu")
+    assert result.exit_code == 2 and "manifest.json is not valid JSON" in result.output.replace("\n", " ")
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").glob("*.jpg"))

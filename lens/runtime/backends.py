@@ -45,7 +45,31 @@ def read_manifest(build: Path) -> dict:
     path = build / MANIFEST
     if not path.is_file():
         raise BackendUnavailable(f"{build}: no {MANIFEST} (not a `lens export` build folder)")
-    return json.loads(path.read_text())
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BackendUnavailable(f"{path} is not valid JSON ({exc}): export the build again") from None
+    if not isinstance(manifest, dict):
+        raise BackendUnavailable(f"{path} is not a `lens export` manifest: export the build again")
+    return manifest
+
+
+def _onnx_session(ort, build: Path, name: str, options, providers: list[str]):
+    """An ONNX Runtime session of the build's graph ``name``, once its bytes are those its
+    manifest lists (the run summary reports those hashes as the model that made the outputs): a
+    partly copied or edited graph is refused, naming it, instead of running or crashing."""
+    import hashlib
+
+    path = build / name
+    listed = {o.get("file"): o.get("sha256") for o in read_manifest(build).get("onnx", []) if isinstance(o, dict)}
+    again = f"export it again: lens export --checkpoint {build / 'checkpoint.pt'} --out {build}"
+    data = path.read_bytes()
+    if listed.get(name) and hashlib.sha256(data).hexdigest() != listed[name]:
+        raise BackendUnavailable(f"{path} is not the graph its manifest lists (sha256 differs: a partial copy or an edited file); {again}")
+    try:
+        return ort.InferenceSession(data, options, providers=providers)
+    except Exception as exc:  # ONNX Runtime's own exception types (InvalidProtobuf, Fail, ...)
+        raise BackendUnavailable(f"ONNX Runtime cannot load {path}: {str(exc).splitlines()[0]}; {again}") from None
 
 
 @dataclass
@@ -134,7 +158,7 @@ class OnnxRuntimeBackend(Backend):
                 raise BackendUnavailable("ONNX Runtime has no CUDA provider (install onnxruntime-gpu, see README)")
             self.samples_on_device = True
             self.batch_invariant = False
-            self.session = ort.InferenceSession(str(build / ONNX_FULL), options, providers=["CUDAExecutionProvider"])
+            self.session = _onnx_session(ort, build, ONNX_FULL, options, ["CUDAExecutionProvider"])
             if "CUDAExecutionProvider" not in self.session.get_providers():
                 raise BackendUnavailable("ONNX Runtime's CUDA provider failed to initialise (driver or CUDA libraries)")
             self.output_names = [o.name for o in self.session.get_outputs()]
@@ -152,8 +176,8 @@ class OnnxRuntimeBackend(Backend):
                                          f"it was exported by an older lens; {again}")
             if missing:
                 raise BackendUnavailable(f"{build} has no {' or '.join(missing)}: not a complete `lens export` build; {again}")
-            self.network = ort.InferenceSession(str(build / ONNX_CPU_NETWORK), options, providers=["CPUExecutionProvider"])
-            self.warp = ort.InferenceSession(str(build / ONNX_CPU_WARP), options, providers=["CPUExecutionProvider"])
+            self.network = _onnx_session(ort, build, ONNX_CPU_NETWORK, options, ["CPUExecutionProvider"])
+            self.warp = _onnx_session(ort, build, ONNX_CPU_WARP, options, ["CPUExecutionProvider"])
             self.splits_lattice = True
 
     def infer(self, images, mode_override=-1):
