@@ -590,6 +590,10 @@ def evaluate_cmd(
     model = model_from_checkpoint(ckpt)
     if data.startswith("synthetic:"):
         regime = data.split(":", 1)[1]
+        from lens.training.synth import REGIMES
+
+        if regime not in REGIMES:
+            raise typer.BadParameter(f"unknown regime {regime!r}: synthetic:{' or synthetic:'.join(REGIMES)}, or a folder of labelled pairs", param_hint="--data")
         fixed = best_fixed_params(training_label_params(ckpt, regime))
         samples, total = synthetic_samples(regime, count), count
     else:

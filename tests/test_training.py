@@ -19,6 +19,7 @@ from lens.training.scenes import render_scene
 from lens.training.synth import LATTICE_STEP, make_pairs, pair_grids, sample_params
 
 runner = CliRunner(env={"COLUMNS": "200", "TERMINAL_WIDTH": "200"})
+SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 TINY = ["--steps", "4", "--batch", "4", "--pool-size", "16", "--val-size", "8", "--val-every", "2"]
 
 
@@ -159,6 +160,16 @@ def test_eval_reports_model_and_both_baselines(tmp_path):
     if any(code.startswith("refined") for code in summary["line_fit"]):  # held-out scenes: lines to fit
         assert summary["methods"]["model+lines"]["epe_mean"] < summary["methods"]["model"]["epe_mean"]
     assert abs(sum(summary["modes"].values()) - 1) < 1e-9
+    # mistakes a user makes are said, not raised as tracebacks
+    result = runner.invoke(app, ["eval", "--checkpoint", str(run / "param" / "best.pt"), "--data", "synthetic:workloads"])
+    assert result.exit_code == 2 and "unknown regime 'workloads'" in result.output
+    result = runner.invoke(app, ["train", "--stage", "hybrid", "--run", str(tmp_path / "fresh"), *TINY])
+    assert result.exit_code == 2 and "fresh/param/best.pt does not exist: train that stage first" in result.output.replace("\n", " ")
+    photos = tmp_path / "photos"  # a folder of photos, not of labelled pairs: said before any scene is rendered
+    photos.mkdir()
+    (photos / "a.jpg").write_bytes((SAMPLES / "coffee.jpg").read_bytes())
+    result = runner.invoke(app, ["train", "--stage", "param", "--run", str(tmp_path / "p"), "--pairs", str(photos), *TINY])
+    assert result.exit_code == 2 and "no labelled pairs to train on in its training split (0 pairs): a folder of" in result.output.replace("\n", " ")
 
 
 def test_data_synth_audit_and_pseudo_label_on_the_workload_layout(tmp_path):

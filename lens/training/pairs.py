@@ -247,8 +247,9 @@ def load_pair_pool(folder: str | Path, width: int, max_residual: float = MAX_FIT
     used = sum(len(images) for images, _ in by_size.values())
     if not used:
         purpose = "to train on in its training split" if split == "train" else "to validate on in its held-out shoots"
-        raise ValueError(f"{folder}: no labelled pairs {purpose} ({len(chosen)} pairs; "
-                         + ", ".join(f"{n} {reason}" for reason, n in left_out.items() if n) + ")")
+        why = ", ".join(f"{n} {reason}" for reason, n in left_out.items() if n)
+        raise ValueError(f"{folder}: no labelled pairs {purpose} ({len(chosen)} pairs{'; ' + why if why else ''})"
+                         + ("" if chosen else ": a folder of <id>_original.jpg / <id>_generated.jpg pairs labelled by `lens data pseudo-label`"))
     groups = [(torch.stack(images), torch.stack(params)) for _, (images, params) in sorted(by_size.items())]
     return PairPool(groups, used, left_out, digest.hexdigest()[:16])
 

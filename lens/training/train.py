@@ -212,6 +212,9 @@ def train(config: TrainConfig, run_dir: str | Path, parent: str | Path | None = 
         parent_info = state["parent"]
     elif PARENT_STAGE[config.stage] is not None:
         parent = Path(parent) if parent else run_dir / PARENT_STAGE[config.stage] / "best.pt"
+        if not parent.is_file():
+            raise ValueError(f"stage {config.stage} starts from a {PARENT_STAGE[config.stage]} checkpoint and {parent} does not exist: "
+                             f"train that stage first (lens train --stage {PARENT_STAGE[config.stage]} --run {run_dir}) or name one with --parent")
         pckpt = load_checkpoint(parent)
         if pckpt["stage"] != PARENT_STAGE[config.stage]:
             raise ValueError(f"{parent}: stage {config.stage} starts from a {PARENT_STAGE[config.stage]} checkpoint, not {pckpt['stage']}")
@@ -239,14 +242,15 @@ def train(config: TrainConfig, run_dir: str | Path, parent: str | Path | None = 
     sched = _LrSchedule(optim, config.lr, lr_factor)
 
     src_w = config.source_width or 2 * model.config.input_width
+    # a --pairs folder with nothing to train on is said before the scenes are rendered
+    pairs = load_pair_pool(config.pairs_dir, src_w, config.max_fit_residual) if config.pairs_dir else None
     pool = build_pool(config.pool_size, config.seed, TRAIN_PHOTOS, workers=config.workers, width=src_w)
     val_rng = np.random.default_rng(config.seed + 1)
     val_pool = build_pool(max(16, config.val_size // 2), config.seed, VAL_PHOTOS, validation=True, workers=config.workers, width=src_w)
     val_batches = [draw_batch(val_pool, min(32, config.val_size), val_rng, 0.5, device=device) for _ in range(max(1, config.val_size // 32))]
     data_fp = fingerprint(pool)
-    pairs, val_pair_batches = None, []
-    if config.pairs_dir:
-        pairs = load_pair_pool(config.pairs_dir, src_w, config.max_fit_residual)
+    val_pair_batches = []
+    if pairs is not None:
         data_fp += f"+pairs:{pairs.fingerprint}"
         try:
             held_out = load_pair_pool(config.pairs_dir, src_w, config.max_fit_residual, split="val", limit=config.val_pairs)
