@@ -324,6 +324,8 @@ def undistort(
     _require_torch("undistort")
     from lens.undistort import LensSpec, OutputCamera, plan_outputs, undistort_files
 
+    if focal is not None and not focal > 0:  # was a traceback from the first image
+        raise typer.BadParameter(f"a focal length is a positive number of pixels, not {focal}", param_hint="--focal")
     spec = LensSpec(k1, k2, k3, p1, p2, focal, cx, cy)
     try:
         camera = OutputCamera(alpha=alpha, zoom=zoom)
@@ -663,10 +665,14 @@ def score(
     if "mean_relative_score" in summary:
         line += f", uncorrected {summary['mean_uncorrected_score']:.2f}, relative {summary['mean_relative_score']:.2f}"
     console.print(line + f", {summary['hard_fails']} hard fail(s)")
-    missing = summary["without_target"]
-    if missing:
-        console.print(f"[yellow]not scored, no target in {escape(str(gt))}:[/] {len(missing)} prediction(s) "
-                      f"({escape(', '.join(missing[:5]))}{' ...' if len(missing) > 5 else ''})", soft_wrap=True)
+    for key, why in (("without_target", f"no target in {gt}"), ("target_unreadable", "its target cannot be read (see the CSV)")):
+        ids = summary[key]
+        if ids:
+            console.print(f"[yellow]not scored, {escape(why)}:[/] {len(ids)} prediction(s) "
+                          f"({escape(', '.join(ids[:5]))}{' ...' if len(ids) > 5 else ''})", soft_wrap=True)
+    if not summary["images"]:  # a wrong folder, or no prediction with a readable target
+        console.print(f"[red]error:[/] nothing scored: no prediction in {escape(str(pred))} has a readable target in {escape(str(gt))}", soft_wrap=True)
+        raise typer.Exit(1)
 
 
 def _qa_report(pred: Path, inputs: Path, ids: Optional[Path], require_metadata: bool):

@@ -68,6 +68,17 @@ def test_score_cli_writes_csv_and_relative_scores(tmp_path, submission, pairs):
     assert "not scored, no target" in result.output and "stray" in result.output
     assert summary["mean_score"] > summary["mean_uncorrected_score"]
     assert summary["mean_relative_score"] > 50
+    # a target that cannot be read is the data's fault: left out of the mean and named, where
+    # it counted as a hard fail of the prediction (0 points)
+    (gt / "img1_generated.jpg").write_bytes((gt / "img1_generated.jpg").read_bytes()[:300])
+    result = runner.invoke(app, ["score", str(pred), str(gt), "--json", str(tmp_path / "s2.json")])
+    assert result.exit_code == 0 and "its target cannot be read" in result.output
+    cut = json.loads((tmp_path / "s2.json").read_text())
+    assert cut["images"] == 3 and cut["hard_fails"] == 0 and cut["target_unreadable"] == ["img1"]
+    # nothing scored at all (a wrong folder) fails
+    (tmp_path / "empty").mkdir()
+    result = runner.invoke(app, ["score", str(pred), str(tmp_path / "empty")])
+    assert result.exit_code == 1 and "nothing scored" in result.output
 
 
 def test_qa_passes_a_clean_submission_and_writes_a_report_with_thumbnails(tmp_path, submission):

@@ -95,6 +95,13 @@ def test_missing_input_is_a_clear_usage_error(tmp_path):
     assert "does not exist" in result.output
 
 
+def test_a_focal_length_that_is_not_positive_is_a_clear_usage_error(tmp_path, photo_2048):
+    cv2.imwrite(str(tmp_path / "in.jpg"), photo_2048)
+    result = runner.invoke(app, ["undistort", str(tmp_path / "in.jpg"), str(tmp_path / "o.jpg"), "--k1", "-0.2", "--focal", "0"])
+    assert result.exit_code == 2 and "a focal length is a positive number of pixels" in result.output
+    assert not (tmp_path / "o.jpg").exists()
+
+
 def test_an_output_named_for_a_format_it_is_not_written_in_is_refused(tmp_path, photo_2048):
     """JPEG bytes under a .tif or .heic name would mislead every program that opens them."""
     src = tmp_path / "photo.jpg"

@@ -163,9 +163,11 @@ def relative_score(pred: float, uncorrected: float) -> float:
 def score_folder(pred_dir, gt_dir, inputs_dir=None, workers: int = 2, on_image=None) -> tuple[list[dict], dict]:
     """Score every ``<id>.jpg`` in ``pred_dir`` against ``gt_dir`` (``<id>.jpg`` or
     ``<id>_generated.jpg``), and the uncorrected inputs too when ``inputs_dir`` is given.
-    Returns per-image rows (sorted by id) and a summary. A prediction without a target is not
-    scored (``score`` None; the summary lists it under ``without_target``): a zero for it would
-    pull the mean down as a hard fail would. OpenCV releases the GIL, so threads use both cores."""
+    Returns per-image rows (sorted by id) and a summary. A prediction without a target, or
+    whose target cannot be read, is not scored (``score`` None; the summary lists it under
+    ``without_target`` or ``target_unreadable``): a zero for it would pull the mean down as a
+    hard fail does, for the data's fault, not the prediction's. An unreadable prediction is a
+    hard fail. OpenCV releases the GIL, so threads use both cores."""
     from concurrent.futures import ThreadPoolExecutor
     from pathlib import Path
 
@@ -186,13 +188,21 @@ def score_folder(pred_dir, gt_dir, inputs_dir=None, workers: int = 2, on_image=N
             return row
         try:
             gt_grey = read_grey(gt)
-            row.update(score_pair(read_grey(pred), gt_grey).to_dict())
-            src = inputs.get(image_id)
-            if src is not None:
-                row["uncorrected_score"] = score_pair(read_grey(src), gt_grey).score
-                row["relative_score"] = relative_score(row["score"], row["uncorrected_score"])
         except ImageReadError as exc:
-            row.update(score=0.0, hard_fail="unreadable", error=str(exc))
+            row.update(score=None, target_unreadable=True, error=f"target unreadable: {exc}")
+        else:
+            try:
+                row.update(score_pair(read_grey(pred), gt_grey).to_dict())
+                src = inputs.get(image_id)
+            except ImageReadError as exc:
+                row.update(score=0.0, hard_fail="unreadable", error=str(exc))
+                src = None
+            if src is not None:
+                try:
+                    row["uncorrected_score"] = score_pair(read_grey(src), gt_grey).score
+                    row["relative_score"] = relative_score(row["score"], row["uncorrected_score"])
+                except ImageReadError as exc:
+                    row["error"] = f"input unreadable, no relative score: {exc}"
         if on_image:
             on_image()
         return row
@@ -204,7 +214,8 @@ def score_folder(pred_dir, gt_dir, inputs_dir=None, workers: int = 2, on_image=N
         "images": len(scored),
         "mean_score": float(np.mean([r["score"] for r in scored])) if scored else None,
         "hard_fails": sum(1 for r in scored if r.get("hard_fail")),
-        "without_target": [r["id"] for r in rows if r["score"] is None],
+        "without_target": [r["id"] for r in rows if r["score"] is None and not r.get("target_unreadable")],
+        "target_unreadable": [r["id"] for r in rows if r.get("target_unreadable")],
         "weights": WEIGHTS,
     }
     rel = [r["relative_score"] for r in rows if "relative_score" in r]
