@@ -210,6 +210,21 @@ def test_package_is_byte_identical_flat_stored_and_verified(tmp_path, submission
     assert sorted(p.name for p in pred.iterdir()) == before
 
 
+def test_an_ids_file_from_any_editor_names_the_same_ids(tmp_path, submission):
+    """Windows line ends, a byte-order mark (Excel's and Notepad's "UTF-8 with BOM"; the first id
+    was read with it and reported missing, its file extra), names with .jpg, comments, blanks."""
+    inputs, pred = submission
+    forms = {"plain.txt": b"img0\nimg1\nimg2\nimg3\n", "crlf.txt": b"img0\r\nimg1\r\n\r\nimg2\r\nimg3\r\n",
+             "bom.txt": b"\xef\xbb\xbfimg0\nimg1\nimg2\nimg3\n", "names.txt": b"# the shoot\nimg0.jpg\nimg1.jpg\nimg2.jpg\nimg3.jpg\n"}
+    for name, data in forms.items():
+        (tmp_path / name).write_bytes(data)
+        result = runner.invoke(app, ["qa", str(pred), "--inputs", str(inputs), "--ids", str(tmp_path / name), "--no-require-metadata", "--json", str(tmp_path / "qa.json")])
+        assert result.exit_code == 0, (name, result.output)
+    (tmp_path / "short.txt").write_bytes(b"\xef\xbb\xbfimg0\nimg1\nimg2\n")  # one id fewer: img3 is an extra
+    result = runner.invoke(app, ["qa", str(pred), "--inputs", str(inputs), "--ids", str(tmp_path / "short.txt"), "--no-require-metadata", "--json", str(tmp_path / "qa.json")])
+    assert result.exit_code == 1 and "img3.jpg: extra" in result.output and "missing" not in result.output
+
+
 def test_force_packages_past_failed_qa_and_records_it(tmp_path, submission):
     inputs, pred = submission
     (pred / "img0.jpg").unlink()

@@ -30,9 +30,11 @@ def find_by_id(folder: str | Path, image_id: str, suffixes: tuple[str, ...]) -> 
 
 
 def read_ids(path: str | Path) -> list[str]:
-    """One id per line (blank lines and ``#`` comments ignored); a trailing .jpg is dropped."""
+    """One id per line (blank lines and ``#`` comments ignored); a trailing .jpg is dropped.
+    A byte-order mark (a list saved by Excel or Notepad as "UTF-8 with BOM") is not part of the
+    first id: it made that id missing and its file an extra."""
     ids = []
-    for line in Path(path).read_text().splitlines():
+    for line in Path(path).read_text(encoding="utf-8-sig").splitlines():
         line = line.strip()
         if line and not line.startswith("#"):
             ids.append(line[:-4] if line.lower().endswith(".jpg") else line)
