@@ -401,9 +401,9 @@ def data_audit(
     near-identical pairs. Exit code 1 if any file is unmatched, unreadable or mismatched."""
     from rich.table import Table
 
-    from lens.training.pairs import audit, find_pairs
+    from lens.training.pairs import audit
 
-    total = len(find_pairs(folder)[0])
+    total = len(_pairs_in(folder))
     with _progress() as progress:
         task = progress.add_task("audit", total=total, rate="")
         report = audit(folder, on_pair=lambda: progress.advance(task))
@@ -426,6 +426,17 @@ def data_audit(
         raise typer.Exit(1)
 
 
+def _pairs_in(folder: Path) -> list:
+    """The folder's pairs (`lens.training.pairs.find_pairs`); a broken training_metadata.json
+    is a usage error naming it."""
+    from lens.training.pairs import find_pairs
+
+    try:
+        return find_pairs(folder)[0]
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="FOLDER") from None
+
+
 @data_app.command("pseudo-label")
 def data_pseudo_label(
     folder: Path = typer.Argument(..., exists=True, file_okay=False, help="Folder of pairs in the workload layout.", show_default=False),
@@ -443,10 +454,10 @@ def data_pseudo_label(
     from lens.runtime.cpu_budget import usable_cores
     from lens.runtime.io import write_atomic
     from lens.runtime.run_folder import json_lines
-    from lens.training.pairs import LABELS_FILE, find_pairs, read_labels
+    from lens.training.pairs import LABELS_FILE, read_labels
     from lens.training.pseudo_label import label_pairs
 
-    every_pair, _ = find_pairs(folder)
+    every_pair = _pairs_in(folder)
     pairs = every_pair[:limit] if limit else every_pair
     labels = read_labels(folder)
     # ~5 s a pair on 2 cores: a folder of thousands takes a day, so every label is appended

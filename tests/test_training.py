@@ -213,6 +213,15 @@ def test_data_synth_audit_and_pseudo_label_on_the_workload_layout(tmp_path):
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "eval.json").read_text())
     assert summary["images"] == 4 and summary["split"] == "all"
+    # the metadata saved by an editor with a byte-order mark still decides the shoots; a cut
+    # file is named (every command stopped with a JSONDecodeError traceback)
+    meta = data / "training_metadata.json"
+    meta.write_bytes(b"\xef\xbb\xbf" + meta.read_bytes())
+    assert runner.invoke(app, ["data", "audit", str(data)]).exit_code == 0
+    meta.write_bytes(meta.read_bytes()[:40])
+    for args in (["data", "audit", str(data)], ["data", "pseudo-label", str(data)], ["eval", "--checkpoint", str(default), "--data", str(data)]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2 and "training_metadata.json: not the workload's metadata" in result.output, (args, result.output)
 
 
 def test_pseudo_labels_survive_an_interruption_and_resume_to_the_same_file(tmp_path):

@@ -44,8 +44,13 @@ def find_pairs(folder: str | Path) -> tuple[list[Pair], list[str]]:
     meta_path = folder / "training_metadata.json"
     shoots: dict[str, str] = {}
     if meta_path.exists():
-        for rec in json.loads(meta_path.read_text()).get("pairs", []):
-            shoots[rec["pair_id"]] = rec.get("photoshoot_uuid") or shoot_of(rec["pair_id"])
+        try:
+            records = json.loads(meta_path.read_text(encoding="utf-8-sig"))["pairs"]
+            for rec in records:
+                shoots[rec["pair_id"]] = rec.get("photoshoot_uuid") or shoot_of(rec["pair_id"])
+        except (ValueError, KeyError, TypeError) as exc:  # a cut or hand-edited file: its shoots decide the split
+            raise ValueError(f"{meta_path}: not the workload's metadata ({type(exc).__name__}: {exc}); "
+                             "fix or remove it (without it, a pair's shoot is its id up to _g<N>)") from None
     originals = {p.name[: -len(ORIGINAL_SUFFIX)]: p for p in folder.glob(f"*{ORIGINAL_SUFFIX}")}
     generated = {p.name[: -len(GENERATED_SUFFIX)]: p for p in folder.glob(f"*{GENERATED_SUFFIX}")}
     pairs = [Pair(i, originals[i], generated[i], shoots.get(i, shoot_of(i))) for i in sorted(originals.keys() & generated.keys())]
