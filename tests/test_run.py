@@ -141,25 +141,29 @@ def test_an_output_named_like_an_image_file_is_refused_before_anything_is_writte
 def test_inputs_sharing_an_output_name_fail_visibly_and_the_named_one_keeps_it(tmp_path, photos):
     """'a.jpeg' and 'a.jpg' both correct to 'a.jpg', as do 'b_original.jpg' and 'b.jpg': one
     of each pair is corrected, the other is a counted failure (exit code 1), not a record
-    overwritten by its neighbour's."""
+    overwritten by its neighbour's. 'c.png' (kept a PNG) and 'c.tif' (written 'c.jpg') are both
+    image 'c': both were written and one record overwrote the other (3 of 4 images counted)."""
     src = tmp_path / "in"
     src.mkdir()
     shutil.copy(photos / "p00.jpg", src / "a.jpeg")
     shutil.copy(photos / "p01.jpg", src / "a.jpg")
     shutil.copy(photos / "p02.jpg", src / "b.jpg")
     shutil.copy(photos / "p03.jpg", src / "b_original.jpg")
+    Image.open(photos / "p04.jpg").save(src / "c.png")
+    Image.open(photos / "p05.jpg").save(src / "c.tif")
     out = tmp_path / "out"
     result = _run(src, out)
     assert result.exit_code == 1, result.output
-    assert "2 failed" in result.output
-    assert sorted(_outputs(out)) == ["a.jpg", "b.jpg"]
+    assert "3 failed" in result.output
+    assert sorted(_outputs(out)) == ["a.jpg", "b.jpg", "c.png"]
     for name, source in (("a.jpg", "p01.jpg"), ("b.jpg", "p02.jpg")):  # the input already named so
         with Image.open(out / name) as corrected, Image.open(photos / source) as original:
             assert corrected.size == original.size
     summary = json.loads((out / "lens-run" / "summary.json").read_text())
-    assert summary["images"] == 4 and summary["ok"] == 2
+    assert summary["images"] == 6 and summary["ok"] == 3
     assert {Path(f["source"]).name: f["reason"] for f in summary["failed"]} == {
-        "a.jpeg": "output name a.jpg already taken by a.jpg", "b_original.jpg": "output name b.jpg already taken by b.jpg"}
+        "a.jpeg": "output name a.jpg already taken by a.jpg", "b_original.jpg": "output name b.jpg already taken by b.jpg",
+        "c.tif": "image c already taken by c.png (corrected as c.png; this one would be c.jpg)"}
     records = {r["id"]: r for r in map(json.loads, (out / "lens-run" / "images.jsonl").read_text().splitlines())}
     assert records["a"]["source"].endswith("a.jpg") and records["a.jpeg"]["status"] == "failed"
 

@@ -16,9 +16,9 @@ import os
 import struct
 import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import cv2
 import numpy as np
@@ -447,24 +447,27 @@ def output_name(path: Path) -> str:
     return output_stem(path) + (".png" if path.suffix.lower() == ".png" else ".jpg")
 
 
-def claim_names(wanted: list[tuple[Path, str]]) -> tuple[dict[str, Path], list[tuple[Path, str, Path]]]:
-    """Output names for (source, name) wishes, two corrections with one name overwriting each
-    other: the source already named so (its file name is the name's last part) keeps a
-    contested name, else the first by path. The names held (in the sources' order) and the
-    sources refused, as (source, name, holder)."""
-    named, refused = {}, []
+def claim_names(wanted: list[tuple[Path, str]], key: Callable[[str], str] = lambda name: name) -> tuple[dict[str, Path], list[tuple[Path, str, Path]]]:
+    """Output names for (source, name) wishes, two corrections whose names have one ``key``
+    contending (by default: one name, overwriting each other): the source already named so
+    (its file name is the name's last part) keeps it, else the first by path. The names held
+    (in the sources' order) and the sources refused, as (source, name, holder)."""
+    named, holders, refused = {}, {}, []
     for s, name in sorted(wanted, key=lambda w: (w[0].name != Path(w[1]).name, w[0])):
-        if name in named:
-            refused.append((s, name, named[name]))
+        if key(name) in holders:
+            refused.append((s, name, holders[key(name)]))
         else:
-            named[name] = s
+            named[name] = holders[key(name)] = s
     return dict(sorted(named.items(), key=lambda item: item[1])), refused
 
 
 def claim_output_names(sources: list[Path], root: Path | None) -> tuple[dict[str, Path], list[tuple[Path, str, Path]]]:
     """`claim_names` for `lens run`'s outputs: each source's `output_name`, as a posix path
-    below ``root`` (None: the name alone). `lens qa` reads its expected ids by this too."""
-    return claim_names([(s, (s.relative_to(root) if root is not None else Path(s.name)).with_name(output_name(s)).as_posix()) for s in sources])
+    below ``root`` (None: the name alone). They contend by id, the name without its suffix:
+    "a.png" (kept a PNG) and "a.tif" (written "a.jpg") both are image "a", whose record, resume
+    state and submission entry are one. `lens qa` reads its expected ids by this too."""
+    return claim_names([(s, (s.relative_to(root) if root is not None else Path(s.name)).with_name(output_name(s)).as_posix()) for s in sources],
+                       key=lambda name: name[: -len(PurePosixPath(name).suffix)])
 
 
 def list_images(folder: Path, recursive: bool = False, skip: Path | None = None) -> list[Path]:

@@ -29,7 +29,7 @@ import numpy as np
 from lens.conventions import MAX_CORNER_RADIUS, PARAM_NAMES, SAFETY_STATS
 from lens.runtime.backends import Backend
 from lens.runtime.cpu_budget import opencv_threads_per_worker
-from lens.runtime.io import DecodedImage, ImageReadError, claim_output_names, encode_image, list_images, output_format, read_image, splice_jpeg_metadata, write_atomic
+from lens.runtime.io import DecodedImage, ImageReadError, claim_output_names, encode_image, list_images, output_format, output_name, read_image, splice_jpeg_metadata, write_atomic
 from lens.runtime.lens_maps import correction_maps, lattice_safety, maps_from_lattice
 from lens.runtime.memory import keep_freed_memory
 from lens.runtime.metadata import IMAGES_FILE, RUN_DIR, SUMMARY_FILE
@@ -75,7 +75,7 @@ def plan(src: Path, out: Path, recursive: bool = False) -> tuple[list[Job], list
     def refused_id(s: Path) -> str:
         return (s.relative_to(src) if src.is_dir() else Path(s.name)).as_posix()
 
-    refused = [{"id": refused_id(s), "source": str(s), "status": "failed", "error": f"output name {name} already taken by {holder.name}"}
+    refused = [{"id": refused_id(s), "source": str(s), "status": "failed", "error": _taken(name, holder)}
                for s, name, holder in clashes]
     jobs = []
     for name, s in named.items():
@@ -89,6 +89,13 @@ def plan(src: Path, out: Path, recursive: bool = False) -> tuple[list[Job], list
         if r["id"] in ids:
             r["id"] += " (refused input)"
     return jobs, refused
+
+
+def _taken(name: str, holder: Path) -> str:
+    held = output_name(holder)
+    if Path(name).name == held:
+        return f"output name {name} already taken by {holder.name}"
+    return f"image {Path(name).stem} already taken by {holder.name} (corrected as {held}; this one would be {Path(name).name})"
 
 
 def _decode(job: Job, keep_jpeg: bool = False) -> Job:
