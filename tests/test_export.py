@@ -79,10 +79,13 @@ def test_parity_command_passes_and_writes_a_report(build, tmp_path):
     images = tmp_path / "images"
     images.mkdir()
     shutil.copy(SAMPLES / "coffee.jpg", images / "coffee.jpg")
+    (images / "cut.jpg").write_bytes((SAMPLES / "rocket.jpg").read_bytes()[:2000])
     result = runner.invoke(app, ["parity", "--build", str(build), "--images", str(images), "--json", str(tmp_path / "p.json")])
     assert result.exit_code == 0, result.output
+    assert "not compared: cut.jpg: corrupt or truncated" in result.output  # it was in the JSON only
     report = json.loads((tmp_path / "p.json").read_text())
     assert report["passed"] and report["rows"][0]["grid_px"] < 0.01 and report["rows"][0]["modes_equal"]
+    (images / "cut.jpg").unlink()
     result = runner.invoke(app, ["parity", "--build", str(build), "--images", str(images), "--backends", "torch,onnxruntime,tensorrt", "--json", str(tmp_path / "q.json")])
     assert result.exit_code == 1 and "tensorrt unavailable" in result.output
     # as a CI job or cron logs it (no terminal, no COLUMNS): the table keeps its names and numbers whole

@@ -173,6 +173,8 @@ def run_parity(build: Path, images_dir: Path, backends: list[str], checkpoint: P
                 pixels = read_image(path).pixels
             except ImageReadError as exc:
                 unreadable.append({"file": path.name, "reason": exc.reason})
+                if on_image:
+                    on_image()
                 continue
             rgb = np.repeat(pixels, 3, axis=2) if pixels.shape[2] == 1 else pixels[..., :3]
             for sampled in (True, False):
