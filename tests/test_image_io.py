@@ -67,6 +67,16 @@ def test_huge_and_tiny_images_are_refused(tmp_path, monkeypatch):
         lio.read_image(tiny)
 
 
+def test_a_100_megapixel_photo_is_read_not_refused_as_a_bomb(tmp_path):
+    """Pillow's own guard starts at 89.5 MP: a medium-format camera's 100 MP photo (11648 x
+    8736, Fujifilm GFX100) was refused as a decompression bomb, below the documented 150 MP."""
+    path = _save(tmp_path / "gfx100.png", Image.new("L", (11648, 8736), 90))
+    assert lio.read_image(path).pixels.shape == (8736, 11648, 1)
+    bomb = _save(tmp_path / "bomb.png", Image.new("1", (13000, 12000)))  # 156 MP
+    with pytest.raises(lio.ImageReadError, match="too large"):
+        lio.read_image(bomb)
+
+
 def test_atomic_write_keeps_old_content_when_encoding_fails(tmp_path):
     target = tmp_path / "out.jpg"
     target.write_bytes(b"old")

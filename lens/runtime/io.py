@@ -32,8 +32,11 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp", ".h
 _HEIF_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1")
 HEIF_EXTRA_HINT = "a HEIC/HEIF photo needs the heif extra: pip install 'lens[heif]' (from a clone: pip install '.[heif]')"
 #: Refuse images above this many pixels (a decompression bomb expands a small file into
-#: gigabytes); 150 MP is above any current camera's output.
+#: gigabytes); 150 MP is above all but the largest medium-format backs.
 MAX_PIXELS = 150_000_000
+# Pillow's own guard warns from 89.5 MP, which read_image turns into a refusal: a 100 MP
+# medium-format photo (Fujifilm GFX100, Hasselblad X2D) was refused as a bomb. One limit.
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 JPEG_QUALITY = 95
 # Pillow's names for a JPEG: "MPO" is one with more images after the main one (Multi-Picture
 # Format: phones' Ultra HDR gain maps, depth maps, previews), which decoders read as its first
