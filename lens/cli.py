@@ -594,6 +594,7 @@ def evaluate_cmd(
     from lens.training.batches import synthetic_samples
     from lens.training.checkpoint import load_checkpoint, model_from_checkpoint
     from lens.training.evaluate import best_fixed_params, evaluate, folder_eval_set, training_label_params
+    from lens.training.synth import REGIMES
 
     try:
         ckpt = load_checkpoint(checkpoint)
@@ -603,8 +604,6 @@ def evaluate_cmd(
     model = model_from_checkpoint(ckpt)
     if data.startswith("synthetic:"):
         regime = data.split(":", 1)[1]
-        from lens.training.synth import REGIMES
-
         if regime not in REGIMES:
             raise typer.BadParameter(f"unknown regime {regime!r}: synthetic:{' or synthetic:'.join(REGIMES)}, or a folder of labelled pairs", param_hint="--data")
         fixed = best_fixed_params(training_label_params(ckpt, regime))
@@ -780,8 +779,8 @@ def export_cmd(
     the whole, bit for bit), build a TensorRT engine where possible, and write manifest.json."""
     _require_torch("export")
     from lens.export.build import ExportCheckFailed, export
-    from lens.training.checkpoint import CheckpointError
     from lens.export.tensorrt_build import ShapeProfile
+    from lens.training.checkpoint import CheckpointError
 
     try:
         profile = ShapeProfile(ShapeProfile.parse(min_shape), ShapeProfile.parse(opt_shape), ShapeProfile.parse(max_shape))
