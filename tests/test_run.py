@@ -298,10 +298,12 @@ def test_batching_a_folder_of_many_sizes_holds_few_photos_and_loses_none():
 
 def test_outputs_are_byte_identical_across_runs_workers_and_batches(tmp_path, photos):
     runs = {}
-    for name, args in {"a": ("--workers", "1", "--batch", "1"), "b": ("--workers", "2", "--batch", "3"), "c": ("--workers", "2", "--batch", "1")}.items():
+    # "d": above 2 workers the line fits run in worker processes
+    for name, args in {"a": ("--workers", "1", "--batch", "1"), "b": ("--workers", "2", "--batch", "3"), "c": ("--workers", "2", "--batch", "1"),
+                       "d": ("--workers", "3", "--batch", "1")}.items():
         assert _run(photos, tmp_path / name, *args).exit_code == 0
         runs[name] = _outputs(tmp_path / name)
-    assert runs["a"] == runs["b"] == runs["c"]
+    assert runs["a"] == runs["b"] == runs["c"] == runs["d"]
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT, signal.SIGTERM], ids=["SIGKILL", "Ctrl-C", "SIGTERM"])
