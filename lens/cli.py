@@ -459,7 +459,10 @@ def data_pseudo_label(
 
     every_pair = _pairs_in(folder)
     pairs = every_pair[:limit] if limit else every_pair
-    labels = read_labels(folder)
+    try:
+        labels = read_labels(folder)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="FOLDER") from None
     # ~5 s a pair on 2 cores: a folder of thousands takes a day, so every label is appended
     # here as it is made and merged into labels.jsonl at the end (or by the next --resume)
     progress_file = folder / (LABELS_FILE + ".part")

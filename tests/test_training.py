@@ -213,6 +213,14 @@ def test_data_synth_audit_and_pseudo_label_on_the_workload_layout(tmp_path):
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "eval.json").read_text())
     assert summary["images"] == 4 and summary["split"] == "all"
+    # a hand-broken label line is named with its line number (eval said only "Expecting
+    # property name...", pseudo-label stopped with a traceback)
+    good_labels = (data / "labels.jsonl").read_bytes()
+    (data / "labels.jsonl").write_bytes(good_labels + b'{"pair_id": "x", cut\n')
+    for args in (["data", "pseudo-label", str(data)], ["eval", "--checkpoint", str(default), "--data", str(data), "--split", "all"]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2 and "labels.jsonl, line 5: not a label" in result.output.replace("\n", " "), (args, result.output)
+    (data / "labels.jsonl").write_bytes(good_labels)
     # the metadata saved by an editor with a byte-order mark still decides the shoots; a cut
     # file is named (every command stopped with a JSONDecodeError traceback)
     meta = data / "training_metadata.json"

@@ -74,7 +74,16 @@ def read_labels(folder: str | Path) -> dict[str, dict]:
     path = Path(folder) / LABELS_FILE
     if not path.exists():
         return {}
-    return {rec["pair_id"]: rec for rec in map(json.loads, path.read_text().splitlines()) if rec}
+    labels = {}
+    for number, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
+        try:
+            rec = json.loads(line) if line.strip() else None
+            if rec:
+                labels[rec["pair_id"]] = rec
+        except (ValueError, KeyError, TypeError) as exc:  # a hand edit: say where, not only what
+            raise ValueError(f"{path}, line {number}: not a label ({type(exc).__name__}: {exc}); "
+                             "fix or delete that line (lens data pseudo-label --resume fits the pairs left without one)") from None
+    return labels
 
 
 @dataclass
