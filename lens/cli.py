@@ -375,8 +375,8 @@ def data_synth(
     regime: str = typer.Option("workload", help="Parameter regime: workload or general."),
     count: int = typer.Option(100, min=1, help="Number of pairs."),
     seed: int = typer.Option(0, help="Seed: the same seed gives the same files."),
-    width: int = typer.Option(2048, min=64, help="Image width in pixels."),
-    height: int = typer.Option(1366, min=64, help="Image height in pixels."),
+    width: int = typer.Option(2048, min=64, max=16384, help="Image width in pixels."),
+    height: int = typer.Option(1366, min=64, max=16384, help="Image height in pixels."),
 ) -> None:
     """Write held-out synthetic pairs (`<id>_original.jpg` / `<id>_generated.jpg`) with their
     true parameters in `labels.jsonl`, from validation scenes and the held-out photo."""
