@@ -218,6 +218,8 @@ def _bad_inputs(folder: Path) -> dict[str, str]:
     expect["strip"] = "too tall to correct: 60x180 (1:3.0)"
     Image.fromarray(np.ascontiguousarray(np.repeat(base[:, :70], 2, axis=0)[:168])).save(folder / "tall.jpg")
     expect["tall"] = "ok"
+    Image.fromarray(np.tile(base[:64], (1, 130, 1))).save(folder / "panorama.png")  # 33280 x 64
+    expect["panorama"] = "too large to warp: 33280x64 has a side over 32766 px"
     # a phone's JPEG with a second image after the main one (MPF: a gain map, depth map or
     # preview), and a two-page TIFF
     Image.fromarray(base).save(folder / "phone.jpg", format="MPO", save_all=True, append_images=[Image.fromarray(base[:64, :64])])
@@ -268,6 +270,26 @@ def test_bad_input_never_stops_the_run(tmp_path):
     assert "images after the first (2 frames_dropped)" in result.output
     with Image.open(out / "phone.jpg") as p:
         assert p.format == "JPEG" and p.size == (256, 171)
+
+
+def test_a_fault_no_check_foresaw_fails_that_photo_and_the_run_goes_on(tmp_path, photos, monkeypatch):
+    """Any exception while one photo is corrected stopped the whole run. Here a real one: with
+    the size check switched off, OpenCV's remap asserts on a 33280 px wide panorama."""
+    from lens.runtime import pipeline
+
+    monkeypatch.setattr(pipeline, "frame_problem", lambda height, width: None)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("p00.jpg", "p01.jpg"):
+        shutil.copy(photos / name, folder / name)
+    Image.fromarray(np.tile(_small("rocket.jpg", 256)[:64], (1, 130, 1))).save(folder / "p00a.png")
+    out = tmp_path / "out"
+    result = _run(folder, out, "--workers", "1")
+    assert result.exit_code == 1, result.output
+    summary = json.loads((out / "lens-run" / "summary.json").read_text())
+    assert summary["ok"] == 2 and [f["id"] for f in summary["failed"]] == ["p00a"]
+    assert "could not be corrected (error: OpenCV" in summary["failed"][0]["reason"] and "remap" in summary["failed"][0]["reason"]
+    assert sorted(_outputs(out)) == ["p00.jpg", "p01.jpg"]
 
 
 def test_batching_a_folder_of_many_sizes_holds_few_photos_and_loses_none():

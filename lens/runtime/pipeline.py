@@ -111,9 +111,16 @@ def _decode(job: Job, keep_jpeg: bool = False) -> Job:
     return job
 
 
+# OpenCV's remap takes sides below SHRT_MAX: a 33000 px panorama stopped the whole run with
+# its assertion (JPEG itself ends at 65535)
+MAX_SIDE = 32766
+
+
 def frame_problem(height: int, width: int) -> str | None:
-    """Why a photo of this size cannot be corrected by a lens model in the convention's units
-    (its corners beyond `MAX_CORNER_RADIUS`), or None."""
+    """Why a photo of this size cannot be corrected: a side beyond `MAX_SIDE`, or (a lens model
+    in the convention's units) its corners beyond `MAX_CORNER_RADIUS`; or None."""
+    if max(height, width) > MAX_SIDE:
+        return f"too large to warp: {width}x{height} has a side over {MAX_SIDE} px, the most OpenCV's remap takes"
     radius = np.hypot((width - 1) / 2, (height - 1) / 2) / width
     if radius <= MAX_CORNER_RADIUS:
         return None
@@ -399,6 +406,11 @@ class Runner:
         return records
 
 
+def _failed(job: Job, why: str) -> dict:
+    job.error, job.image = why, None
+    return failure_record(job)
+
+
 def failure_record(job: Job) -> dict:
     return {"id": job.image_id, "source": str(job.source), "output": None, "status": "failed", "error": job.error,
             "mode": None, "reasons": [], "hard_unsafe": False, "timings_ms": job.timings}
@@ -537,12 +549,16 @@ def _run_locked(src: Path, out: Path, run_dir: Path, backend: Backend, options: 
                 while len(in_flight) > limit:
                     fut, batch_jobs = in_flight.pop(0)
                     try:
-                        for rec in fut.result():
-                            record(rec)
+                        records_done = fut.result()
                     except OSError as exc:  # the output could not be written: report, go on
-                        for j in batch_jobs:
-                            j.error = f"cannot write {j.output}: {exc.strerror or exc}"
-                            failed(j)
+                        records_done = [_failed(j, f"cannot write {j.output}: {exc.strerror or exc}") for j in batch_jobs]
+                    except Exception as exc:
+                        # a fault on one photo that no check foresaw (an OpenCV assertion, a bug
+                        # of lens's): that photo fails with it, the thousands after it go on
+                        why = " ".join(str(exc).split())
+                        records_done = [_failed(j, f"could not be corrected ({type(exc).__name__}: {why})") for j in batch_jobs]
+                    for rec in records_done:
+                        record(rec)
 
             try:
                 for batch_jobs in _batches(decoded(), batch, failed):
