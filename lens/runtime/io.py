@@ -239,6 +239,10 @@ def read_image(path: str | os.PathLike, keep_jpeg: bool = False, draft: tuple[in
         raise ImageReadError(path, f"unsupported image: {exc}") from None
     except (OSError, ValueError, SyntaxError) as exc:
         raise ImageReadError(path, f"corrupt or truncated image: {exc}") from None
+    except MemoryError:
+        raise ImageReadError(path, "not enough memory to decode it") from None
+    except Exception as exc:  # Pillow's plugins raise other types on damaged files (a TIFF: TypeError "Missing dimensions")
+        raise ImageReadError(path, f"corrupt image ({type(exc).__name__}: {exc})") from None
     stored = (h, w) if pixels.shape[:2] != (h, w) else None
     kept_icc, dropped = _icc_of_pixels(icc, pixels.shape[2])
     return DecodedImage(np.ascontiguousarray(pixels), exif=exif, icc_profile=kept_icc, segments=segments, stored_size=stored, notes=notes + dropped)

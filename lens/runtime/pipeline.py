@@ -103,7 +103,7 @@ def _decode(job: Job, keep_jpeg: bool = False) -> Job:
     try:
         job.image = read_image(job.source, keep_jpeg)
         job.error = frame_problem(job.image.height, job.image.width)
-    except ImageReadError as exc:
+    except ImageReadError as exc:  # every decoder fault is one (`read_image`)
         job.error = exc.reason
     if job.error:
         job.image = None
