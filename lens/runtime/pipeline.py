@@ -406,7 +406,8 @@ class Runner:
         return records
 
 
-def _failed(job: Job, why: str) -> dict:
+def _failure(job: Job, why: str) -> dict:
+    """``job``'s failure record with the reason ``why`` (its pixels freed)."""
     job.error, job.image = why, None
     return failure_record(job)
 
@@ -551,12 +552,12 @@ def _run_locked(src: Path, out: Path, run_dir: Path, backend: Backend, options: 
                     try:
                         records_done = fut.result()
                     except OSError as exc:  # the output could not be written: report, go on
-                        records_done = [_failed(j, f"cannot write {j.output}: {exc.strerror or exc}") for j in batch_jobs]
+                        records_done = [_failure(j, f"cannot write {j.output}: {exc.strerror or exc}") for j in batch_jobs]
                     except Exception as exc:
                         # a fault on one photo that no check foresaw (an OpenCV assertion, a bug
                         # of lens's): that photo fails with it, the thousands after it go on
                         why = " ".join(str(exc).split())
-                        records_done = [_failed(j, f"could not be corrected ({type(exc).__name__}: {why})") for j in batch_jobs]
+                        records_done = [_failure(j, f"could not be corrected ({type(exc).__name__}: {why})") for j in batch_jobs]
                     for rec in records_done:
                         record(rec)
 
