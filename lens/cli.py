@@ -195,6 +195,14 @@ def run_cmd(
     if src.is_dir() and out.resolve() == src.resolve():  # corrected copies would replace the originals
         raise typer.BadParameter(f"{out} is the input folder: the corrected photos would replace the originals; choose another folder",
                                  param_hint="OUT")
+    from lens.runtime.metadata import RUN_DIR
+    from lens.runtime.run_folder import read_records
+
+    # as --recursive leaves such subfolders out (a run refused before correcting anything, as
+    # `lens run photos/a.jpg photos/` is, leaves only failures there: not an output)
+    if src.is_dir() and any(r.get("status") == "ok" for r in read_records(src / RUN_DIR).values()):
+        raise typer.BadParameter(f"{src} holds {RUN_DIR}/: it is an earlier lens run's output, and its photos would be corrected a second time; "
+                                 f"run on the originals (or, if these are new photos, remove {src / RUN_DIR})", param_hint="SRC")
     from lens.runtime.io import IMAGE_SUFFIXES, output_name, scan_inputs
 
     if not out.exists() and out.suffix.lower() in IMAGE_SUFFIXES:  # `lens run a.jpg b.jpg` would make a folder b.jpg/ holding a.jpg

@@ -85,6 +85,13 @@ def test_originals_are_never_overwritten_by_their_corrections(tmp_path, photos):
     result = _run(one, folder)  # one file into its own folder
     assert result.exit_code == 1 and "would replace this input" in result.output
     assert _outputs(folder) == before
+    # an earlier run's output as the input: its photos were corrected a second time, silently
+    assert _run(folder, tmp_path / "fine").exit_code == 0  # the refused run above left only its failure in folder/lens-run
+    corrected = tmp_path / "corrected"
+    assert _run(photos, corrected).exit_code == 0
+    result = runner.invoke(app, ["run", str(corrected), str(tmp_path / "twice")])
+    assert result.exit_code == 2 and "an earlier lens run's output" in result.output.replace("\n", " ")
+    assert not (tmp_path / "twice").exists()
 
 
 def test_a_photo_whose_name_is_as_long_as_the_file_system_allows_is_corrected(tmp_path, photos):
