@@ -5,7 +5,7 @@ import re
 from pathlib import Path
 
 from lens.conventions import WORKLOAD_TARGET_SUFFIX
-from lens.runtime.io import claim_output_names, list_images
+from lens.runtime.io import claim_output_names, image_id, list_images
 
 #: A submission entry: a flat, safe file name ending in lowercase .jpg.
 ENTRY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*\.jpg$")
@@ -18,7 +18,7 @@ def input_files(folder: str | Path) -> dict[str, Path]:
     ``<id>_generated.jpg`` beside its input is not one, nor is an input whose output name
     another input has."""
     named, _ = claim_output_names(list_images(Path(folder)), Path(folder))
-    return {name[: -len(Path(name).suffix)]: p for name, p in named.items()}
+    return {image_id(name): p for name, p in named.items()}
 
 
 def find_by_id(folder: str | Path, image_id: str, suffixes: tuple[str, ...]) -> Path | None:

@@ -54,14 +54,14 @@ def read_manifest(build: Path) -> dict:
     return manifest
 
 
-def _onnx_session(ort, build: Path, name: str, options, providers: list[str]):
+def _onnx_session(ort, build: Path, manifest: dict, name: str, options, providers: list[str]):
     """An ONNX Runtime session of the build's graph ``name``, once its bytes are those its
     manifest lists (the run summary reports those hashes as the model that made the outputs): a
     partly copied or edited graph is refused, naming it, instead of running or crashing."""
     import hashlib
 
     path = build / name
-    listed = {o.get("file"): o.get("sha256") for o in read_manifest(build).get("onnx", []) if isinstance(o, dict)}
+    listed = {o.get("file"): o.get("sha256") for o in manifest.get("onnx", []) if isinstance(o, dict)}
     again = f"export it again: lens export --checkpoint {build / 'checkpoint.pt'} --out {build}"
     data = path.read_bytes()
     if listed.get(name) and hashlib.sha256(data).hexdigest() != listed[name]:
@@ -146,6 +146,7 @@ class OnnxRuntimeBackend(Backend):
 
         self.build = build
         self.device = device
+        manifest = read_manifest(build)  # its graphs' hashes, checked as each is loaded
         options = ort.SessionOptions()
         options.log_severity_level = 3
         if device == "cuda":
@@ -158,7 +159,7 @@ class OnnxRuntimeBackend(Backend):
                 raise BackendUnavailable("ONNX Runtime has no CUDA provider (install onnxruntime-gpu, see README)")
             self.samples_on_device = True
             self.batch_invariant = False
-            self.session = _onnx_session(ort, build, ONNX_FULL, options, ["CUDAExecutionProvider"])
+            self.session = _onnx_session(ort, build, manifest, ONNX_FULL, options, ["CUDAExecutionProvider"])
             if "CUDAExecutionProvider" not in self.session.get_providers():
                 raise BackendUnavailable("ONNX Runtime's CUDA provider failed to initialise (driver or CUDA libraries)")
             self.output_names = [o.name for o in self.session.get_outputs()]
@@ -176,8 +177,8 @@ class OnnxRuntimeBackend(Backend):
                                          f"it was exported by an older lens; {again}")
             if missing:
                 raise BackendUnavailable(f"{build} has no {' or '.join(missing)}: not a complete `lens export` build; {again}")
-            self.network = _onnx_session(ort, build, ONNX_CPU_NETWORK, options, ["CPUExecutionProvider"])
-            self.warp = _onnx_session(ort, build, ONNX_CPU_WARP, options, ["CPUExecutionProvider"])
+            self.network = _onnx_session(ort, build, manifest, ONNX_CPU_NETWORK, options, ["CPUExecutionProvider"])
+            self.warp = _onnx_session(ort, build, manifest, ONNX_CPU_WARP, options, ["CPUExecutionProvider"])
             self.splits_lattice = True
 
     def infer(self, images, mode_override=-1):

@@ -474,7 +474,12 @@ def claim_output_names(sources: list[Path], root: Path | None) -> tuple[dict[str
     "a.png" (kept a PNG) and "a.tif" (written "a.jpg") both are image "a", whose record, resume
     state and submission entry are one. `lens qa` reads its expected ids by this too."""
     return claim_names([(s, (s.relative_to(root) if root is not None else Path(s.name)).with_name(output_name(s)).as_posix()) for s in sources],
-                       key=lambda name: name[: -len(PurePosixPath(name).suffix)])
+                       key=image_id)
+
+
+def image_id(output: str) -> str:
+    """An image's id: its output's posix path below the output folder, without the suffix."""
+    return output[: -len(PurePosixPath(output).suffix)]
 
 
 def list_images(folder: Path, recursive: bool = False, skip: Path | None = None) -> list[Path]:

@@ -29,7 +29,7 @@ import numpy as np
 from lens.conventions import MAX_CORNER_RADIUS, PARAM_NAMES, SAFETY_STATS
 from lens.runtime.backends import Backend
 from lens.runtime.cpu_budget import opencv_threads_per_worker
-from lens.runtime.io import DecodedImage, ImageReadError, claim_output_names, encode_image, list_images, output_format, output_name, read_image, splice_jpeg_metadata, write_atomic
+from lens.runtime.io import DecodedImage, ImageReadError, claim_output_names, encode_image, image_id, list_images, output_format, output_name, read_image, splice_jpeg_metadata, write_atomic
 from lens.runtime.lens_maps import correction_maps, lattice_safety, maps_from_lattice
 from lens.runtime.memory import keep_freed_memory
 from lens.runtime.metadata import IMAGES_FILE, RUN_DIR, SUMMARY_FILE
@@ -83,7 +83,7 @@ def plan(src: Path, out: Path, recursive: bool = False) -> tuple[list[Job], list
             refused.append({"id": refused_id(s), "source": str(s), "status": "failed",
                             "error": f"the output {out / name} would replace this input: choose an output folder other than the input's"})
             continue
-        jobs.append(Job(name[: -len(Path(name).suffix)], s, out / name, source_stat=source_stat(s)))
+        jobs.append(Job(image_id(name), s, out / name, source_stat=source_stat(s)))
     ids = {j.image_id for j in jobs}
     for r in refused:  # "a.jpeg" refused, while "a.jpeg.jpg" is corrected as "a.jpeg"
         if r["id"] in ids:
