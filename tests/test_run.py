@@ -299,6 +299,53 @@ def test_a_fault_no_check_foresaw_fails_that_photo_and_the_run_goes_on(tmp_path,
     assert sorted(_outputs(out)) == ["p00.jpg", "p01.jpg"]
 
 
+def _batch_of_three(photos: Path, out: Path):
+    """A runner of the default build (no line fit) and three same-size jobs, as `lens run` hands
+    a GPU backend one batch."""
+    from lens.runtime.backends import OnnxRuntimeBackend
+    from lens.runtime.pipeline import Job, RunOptions, Runner, _decode
+
+    out.mkdir()
+    jobs = [_decode(Job(name, photos / f"{name}.jpg", out / f"{name}.jpg")) for name in ("p00", "p03", "p06")]
+    assert len({(j.image.height, j.image.width) for j in jobs}) == 1
+    return Runner(OnnxRuntimeBackend(DEFAULT_BUILD, "cpu"), RunOptions(batch=3, refine="off")), jobs
+
+
+def test_an_image_that_cannot_be_written_fails_alone_and_the_rest_of_its_batch_is_kept(tmp_path, photos):
+    """On a GPU several images go through one batch. A fault writing the second (here a folder
+    in the way of its output) failed all three, although the first had been written: the
+    summary called a written file failed and the third was never written."""
+    runner, jobs = _batch_of_three(photos, tmp_path / "out")
+    (tmp_path / "out" / "p03.jpg").mkdir()
+    records = runner.process(jobs)
+    assert [r["status"] for r in records] == ["ok", "failed", "ok"]
+    assert records[1]["error"].startswith(f"cannot write {tmp_path / 'out' / 'p03.jpg'}: ")
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.jpg") if p.is_file()) == ["p00.jpg", "p06.jpg"]
+
+
+def test_a_batch_whose_inference_faults_is_run_again_image_by_image(tmp_path, photos, monkeypatch):
+    """A batch whose inference raised (a GPU out of memory at a large --batch) failed every
+    image in it. Each is now run alone; here the fault does not come back, so all three are
+    corrected, to the bytes of a run without it, and their records name the batch's fault."""
+    runner, jobs = _batch_of_three(photos, tmp_path / "clean")
+    expected = {r["id"]: (tmp_path / "clean" / f"{r['id']}.jpg").read_bytes() for r in runner.process(jobs)}
+    runner, jobs = _batch_of_three(photos, tmp_path / "out")
+    real, calls = runner.backend.infer_lattice, []
+
+    def out_of_memory_once(images, mode_override=-1):
+        calls.append(len(images))
+        if len(calls) == 2:
+            raise MemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(images, mode_override)
+
+    monkeypatch.setattr(runner.backend, "infer_lattice", out_of_memory_once)
+    records = runner.process(jobs)
+    assert [r["status"] for r in records] == ["ok"] * 3 and len(calls) == 5
+    assert all(r["batch_retry"] == "the batch of 3 failed (MemoryError: CUDA out of memory. Tried to allocate 2.00 GiB); "
+               "this image was run alone" for r in records)
+    assert {r["id"]: (tmp_path / "out" / f"{r['id']}.jpg").read_bytes() for r in records} == expected
+
+
 def test_batching_a_folder_of_many_sizes_holds_few_photos_and_loses_none():
     from lens.runtime.io import DecodedImage
     from lens.runtime.pipeline import HELD_BATCHES, Job, _batches

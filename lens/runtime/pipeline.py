@@ -291,38 +291,42 @@ class Runner:
 
     def _finish(self, jobs: list[Job], out: dict[str, np.ndarray], refinements: list[Refinement] | None = None) -> list[dict]:
         """Warp, encode, write and record each image; ``refinements``: its line fits, where
-        already made."""
+        already made. A fault on one image (a full disk, an OpenCV assertion) fails that image
+        alone: the others of its batch are written and recorded as they would be without it."""
         records = []
         for i, job in enumerate(jobs):
-            if refinements is not None:
-                refined = refinements[i]
-            elif self.line_fits is not None:
-                refined = self._refine(job, out["params"][i])
-            else:
-                refined = None
-            t = time.perf_counter()
-            if refined is not None and refined.applied:  # the fitted lens's warp replaces the graph's
-                warped = warp_with_maps(_rgb(job), *refined.maps)
-                displacement = _max_displacement(*refined.maps)
-            elif "lattice" in out:
-                maps = maps_from_lattice(out["lattice"][i][0], out["lattice"][i][1], job.image.height, job.image.width)
-                warped = warp_with_maps(_rgb(job), *maps)
-                displacement = _max_displacement(*maps)
-            elif "corrected_hwc" in out:
-                warped, displacement = out["corrected_hwc"][i], None
-            else:
-                warped, displacement = np.ascontiguousarray(out["corrected"][i].transpose(1, 2, 0)), None
-            if job.image.pixels.shape[2] == 1:  # greyscale in, greyscale out
-                warped = warped[..., :1]
-            job.timings["warp_ms"] = (time.perf_counter() - t) * 1e3
-            t = time.perf_counter()
-            result = DecodedImage(np.ascontiguousarray(warped), exif=job.image.exif, icc_profile=job.image.icc_profile, segments=job.image.segments)
-            data = encode_image(result, output_format(job.output), self.options.quality)
-            write_atomic(job.output, data)
-            job.timings["encode_ms"] = (time.perf_counter() - t) * 1e3
-            records.append(self._record(job, out, i, displacement, refined))
-            job.image = None  # free the pixels as soon as the file is written
+            try:
+                records.append(self._finish_one(job, out, i, None if refinements is None else refinements[i]))
+            except Exception as exc:
+                records.append(fault_record(job, exc))
         return records
+
+    def _finish_one(self, job: Job, out: dict[str, np.ndarray], i: int, refined: Refinement | None) -> dict:
+        if refined is None and self.line_fits is not None:
+            refined = self._refine(job, out["params"][i])
+        t = time.perf_counter()
+        if refined is not None and refined.applied:  # the fitted lens's warp replaces the graph's
+            warped = warp_with_maps(_rgb(job), *refined.maps)
+            displacement = _max_displacement(*refined.maps)
+        elif "lattice" in out:
+            maps = maps_from_lattice(out["lattice"][i][0], out["lattice"][i][1], job.image.height, job.image.width)
+            warped = warp_with_maps(_rgb(job), *maps)
+            displacement = _max_displacement(*maps)
+        elif "corrected_hwc" in out:
+            warped, displacement = out["corrected_hwc"][i], None
+        else:
+            warped, displacement = np.ascontiguousarray(out["corrected"][i].transpose(1, 2, 0)), None
+        if job.image.pixels.shape[2] == 1:  # greyscale in, greyscale out
+            warped = warped[..., :1]
+        job.timings["warp_ms"] = (time.perf_counter() - t) * 1e3
+        t = time.perf_counter()
+        result = DecodedImage(np.ascontiguousarray(warped), exif=job.image.exif, icc_profile=job.image.icc_profile, segments=job.image.segments)
+        data = encode_image(result, output_format(job.output), self.options.quality)
+        write_atomic(job.output, data)
+        job.timings["encode_ms"] = (time.perf_counter() - t) * 1e3
+        record = self._record(job, out, i, displacement, refined)
+        job.image = None  # free the pixels as soon as the file is written
+        return record
 
     def _process_on_device(self, jobs: list[Job]) -> list[dict]:
         """GPU-resident path (`lens.runtime.gpu_jpeg`): decode, infer, warp and encode without
@@ -359,15 +363,41 @@ class Runner:
         n = len(jobs)
         for i, (job, data) in enumerate(zip(jobs, datas)):
             job.timings.update(gpu_decode_ms=(t_dec - t) * 1e3 / n, infer_ms=(t_inf - t_dec) * 1e3 / n, gpu_encode_ms=(t_enc - t_inf) * 1e3 / n)
-            t_w = time.perf_counter()
-            write_atomic(job.output, splice_jpeg_metadata(data, job.image.exif, job.image.icc_profile, job.image.segments))
-            job.timings["write_ms"] = (time.perf_counter() - t_w) * 1e3
-            records.append(self._record(job, host, i, None))
-            job.image = None
+            try:  # as in `_finish`: one image's fault is its own
+                t_w = time.perf_counter()
+                write_atomic(job.output, splice_jpeg_metadata(data, job.image.exif, job.image.icc_profile, job.image.segments))
+                job.timings["write_ms"] = (time.perf_counter() - t_w) * 1e3
+                records.append(self._record(job, host, i, None))
+                job.image = None
+            except Exception as exc:
+                records.append(fault_record(job, exc))
         return records
 
     def process(self, jobs: list[Job]) -> list[dict]:
-        """Infer, warp, encode and write one same-size batch; per-image records."""
+        """Infer, warp, encode and write one same-size batch; per-image records. A batch whose
+        inference faults (the GPU out of memory at a large ``--batch``, a kernel that refuses
+        one image) is run again one image at a time, so that only an image that faults alone
+        fails; each image so retried says so in its record (``batch_retry``: the batch's
+        fault). Its pixels may then differ in the last bits from a batched run's (GPU kernels
+        may depend on the batch size), as with another ``--batch``."""
+        try:
+            return self._process(jobs)
+        except Exception as exc:
+            if len(jobs) == 1:
+                raise
+            why = fault_text(exc)
+        records = []
+        for job in jobs:
+            try:
+                done = self._process([job])
+            except Exception as exc:
+                done = [fault_record(job, exc)]
+            for rec in done:
+                rec["batch_retry"] = f"the batch of {len(jobs)} failed ({why}); this image was run alone"
+            records += done
+        return records
+
+    def _process(self, jobs: list[Job]) -> list[dict]:
         if jobs[0].image.encoded is not None:
             return self._process_on_device(jobs)
         t = time.perf_counter()
@@ -404,6 +434,20 @@ class Runner:
                 job.timings["infer_ms"] += (time.perf_counter() - t) * 1e3
             records += self._finish([job], out, [refined])
         return records
+
+
+def fault_text(exc: BaseException) -> str:
+    """An unforeseen exception in one line: its type and message."""
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+
+
+def fault_record(job: Job, exc: BaseException) -> dict:
+    """``job``'s failure record for a fault no check foresaw: its output could not be written
+    (``OSError``: a full disk, a folder in the way), or it could not be corrected (an OpenCV
+    assertion, a bug of lens's); the thousands of photos after it go on."""
+    if isinstance(exc, OSError):
+        return _failure(job, f"cannot write {job.output}: {exc.strerror or exc}")
+    return _failure(job, f"could not be corrected ({fault_text(exc)})")
 
 
 def _failure(job: Job, why: str) -> dict:
@@ -551,13 +595,8 @@ def _run_locked(src: Path, out: Path, run_dir: Path, backend: Backend, options: 
                     fut, batch_jobs = in_flight.pop(0)
                     try:
                         records_done = fut.result()
-                    except OSError as exc:  # the output could not be written: report, go on
-                        records_done = [_failure(j, f"cannot write {j.output}: {exc.strerror or exc}") for j in batch_jobs]
-                    except Exception as exc:
-                        # a fault on one photo that no check foresaw (an OpenCV assertion, a bug
-                        # of lens's): that photo fails with it, the thousands after it go on
-                        why = " ".join(str(exc).split())
-                        records_done = [_failure(j, f"could not be corrected ({type(exc).__name__}: {why})") for j in batch_jobs]
+                    except Exception as exc:  # faults of one image are caught inside; this is an image alone
+                        records_done = [fault_record(j, exc) for j in batch_jobs]
                     for rec in records_done:
                         record(rec)
 
@@ -594,6 +633,8 @@ def _run_locked(src: Path, out: Path, run_dir: Path, backend: Backend, options: 
         "skipped_resume": len(skip_ids),
         "modes": {m: sum(r.get("mode") == m for r in ordered) for m in MODES},
         "hard_unsafe": [r["id"] for r in ordered if r.get("hard_unsafe")],
+        # images of this run whose batch faulted, each then run alone (`Runner.process`)
+        "batch_retried": sum(bool(r.get("batch_retry")) for r in done_now),
         # what outputs could not keep of their inputs (alpha, other frames, depth, a profile)
         "notes": dict(sorted(Counter(n for r in ordered if r["status"] == "ok" for n in r.get("notes", [])).items())),
         "throughput": {"images": len(ok_now), "wall_s": round(wall, 3), "images_per_s": round(len(ok_now) / wall, 3) if wall > 0 else None},
