@@ -1,5 +1,7 @@
 """The line fit (`lens.runtime.plumb_line`) and the torch-free warp it hands to `lens run`
 (`lens.runtime.lens_maps`), held to the torch geometry that defines the conventions."""
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pytest
@@ -15,6 +17,7 @@ from lens.training.scenes import render_scene
 from lens.training.synth import make_pairs
 
 H, W = 1024, 1536
+SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 # what the shipped network predicts for most photos (it learned the typical lens)
 NETWORK = np.array([-0.122, 0.145, 0.161, -0.001, 0.0, 1.032, 0.0, 0.007])
 LENSES = {
@@ -104,6 +107,26 @@ def test_portrait_whose_curves_a_wrong_lens_straightens_keeps_the_network_lens()
     fit = refine_with_lines(cv2.cvtColor(_distorted(photo, true), cv2.COLOR_RGB2GRAY), NETWORK)
     assert not fit.accepted and fit.code in REFUSED, fit.reason
     assert np.array_equal(fit.params, NETWORK)
+
+
+def test_wood_grain_bent_straight_early_is_refused_before_the_last_round(monkeypatch):
+    """The coffee photo's wood grain drew the fit to a pincushion lens far beyond any plausible
+    one after both early rounds; the last round and the full model's fit then cost ~65 ms of a
+    core to reach the same refusal. It is now refused there (the variants: `tools/bench_cpu.py`'s
+    photos, shifted and saved as JPEG or not; texture decides which of them go astray)."""
+    from lens.runtime.plumb_line import refine
+
+    photo = cv2.resize(cv2.imread(str(SAMPLES / "coffee.jpg")), (2048, 1367), interpolation=cv2.INTER_AREA)
+    variants = []
+    for shift in (0, 7):
+        shifted = np.roll(photo, shift, axis=1)
+        variants.append(cv2.cvtColor(shifted, cv2.COLOR_BGR2GRAY))
+        variants.append(cv2.imdecode(cv2.imencode(".jpg", shifted, [cv2.IMWRITE_JPEG_QUALITY, 92])[1], cv2.IMREAD_GRAYSCALE))
+    early = [refine_with_lines(grey, NETWORK) for grey in variants]
+    assert any(fit.reason.endswith("(after 2 of 3 rounds)") for fit in early), [fit.reason for fit in early]
+    assert all(not fit.accepted and np.array_equal(fit.params, NETWORK) for fit in early)
+    monkeypatch.setattr(refine, "EARLY_IMPLAUSIBLE_ROUNDS", len(refine.ROUNDS))  # never: every round and check
+    assert [refine_with_lines(grey, NETWORK).code for grey in variants] == [fit.code for fit in early]
 
 
 def test_lines_that_run_one_way_on_one_side_keep_the_network_lens():
