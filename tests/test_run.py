@@ -303,7 +303,8 @@ def _batch_of_three(photos: Path, out: Path):
     """A runner of the default build (no line fit) and three same-size jobs, as `lens run` hands
     a GPU backend one batch."""
     from lens.runtime.backends import OnnxRuntimeBackend
-    from lens.runtime.pipeline import Job, RunOptions, Runner, _decode
+    from lens.runtime.pipeline import _decode
+    from lens.runtime.runner import Job, RunOptions, Runner
 
     out.mkdir()
     jobs = [_decode(Job(name, photos / f"{name}.jpg", out / f"{name}.jpg")) for name in ("p00", "p03", "p06")]
@@ -348,7 +349,8 @@ def test_a_batch_whose_inference_faults_is_run_again_image_by_image(tmp_path, ph
 
 def test_batching_a_folder_of_many_sizes_holds_few_photos_and_loses_none():
     from lens.runtime.io import DecodedImage
-    from lens.runtime.pipeline import HELD_BATCHES, Job, _batches
+    from lens.runtime.pipeline import HELD_BATCHES, _batches
+    from lens.runtime.runner import Job
 
     # 60 photos, three of one size spread through the folder, the others each of its own size
     sizes = [(100, 150) if i % 20 == 0 else (100 + i, 150) for i in range(60)]

@@ -28,7 +28,7 @@ from lens.geometry import (
     parametric_grid,
 )
 from lens.qa.metrics import ssim, to_grey
-from lens.runtime.pipeline import fit_lines_checked
+from lens.runtime.runner import fit_lines_checked
 from lens.runtime.policy import MODES, SafetyThresholds, choose_mode
 from lens.runtime.sampling import warp_with_grid
 from lens.training.batches import SOURCE_W, Sample
