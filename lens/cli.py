@@ -298,6 +298,9 @@ def run_cmd(
         kept = "; ".join(f"{n} {reason}" for reason, n in sorted(lines["kept_network"].items()))
         console.print(f"line fit: {lines['applied']} of {this_run} lenses refitted to straight lines"
                       + (f" (network's kept: {kept})" if kept else ""), soft_wrap=True)
+    if summary["unlocked"]:
+        console.print(f"[yellow]note:[/] {escape(str(out))} was not locked for this run: {escape(summary['unlocked'])}; "
+                      "a second lens run into it at the same time would not have been refused", soft_wrap=True)
     if summary["batch_retried"]:
         console.print(f"{summary['batch_retried']} images were run one at a time after their batch failed (a smaller --batch may "
                       f"avoid it); the batches' faults: 'batch_retry' in {escape(str(out / 'lens-run' / 'images.jsonl'))}", soft_wrap=True)

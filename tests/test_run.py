@@ -446,6 +446,24 @@ def test_a_disk_that_fills_up_stops_the_run_with_a_clear_error_and_resume_goes_o
     assert result.exit_code == 2 and f"cannot write to the output folder {out}" in result.output.replace("\n", "")
 
 
+def test_an_output_folder_whose_file_system_takes_no_lock_is_still_corrected(tmp_path, photos, monkeypatch):
+    """An NFS share without a lock daemon refuses flock with ENOLCK: the run stopped with a
+    traceback. It goes on unguarded, and says so."""
+    import errno
+    import fcntl
+
+    def no_locks(handle, operation):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    out = tmp_path / "out"
+    result = _run(photos, out, "--workers", "1", "--refine", "off")
+    assert result.exit_code == 0, result.output
+    assert f"was not locked for this run: its file system takes no lock ({os.strerror(errno.ENOLCK)})" in result.output
+    summary = json.loads((out / "lens-run" / "summary.json").read_text())
+    assert summary["ok"] == 9 and summary["unlocked"].startswith("its file system takes no lock")
+
+
 def test_resume_refuses_a_folder_written_with_other_settings(tmp_path, photos):
     # outputs of two settings in one folder would look alike and differ: --resume says so
     out = tmp_path / "out"

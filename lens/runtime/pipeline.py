@@ -211,13 +211,14 @@ def run(src: Path, out: Path, backend: Backend, options: RunOptions, info: dict,
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise RunRefused(f"cannot create the output folder {run_dir}: {exc.strerror or exc}") from None
-    with exclusive(run_dir), opencv_threads_per_worker(options.workers):
-        return _run_locked(src, out, run_dir, backend, options, info, on_image, has_residual, codec_choice, on_skipped)
+    with exclusive(run_dir) as unlocked, opencv_threads_per_worker(options.workers):
+        summary = _run_locked(src, out, run_dir, backend, options, info, on_image, has_residual, codec_choice, on_skipped, unlocked)
+    return summary
 
 
 def _run_locked(src: Path, out: Path, run_dir: Path, backend: Backend, options: RunOptions, info: dict,
                 on_image: Callable[[dict], None] | None, has_residual: bool, codec_choice: tuple | None,
-                on_skipped: Callable[[int], None] | None) -> dict:
+                on_skipped: Callable[[int], None] | None, unlocked: str | None = None) -> dict:
     line_fit, line_fit_reason = line_fit_plan(backend, options)
     codec, codec_reason = codec_choice or choose_codec(backend, options.codec, line_fit)
     hold_to_settings(run_dir, output_settings(backend, options, info, line_fit, codec is not None), options.resume)
@@ -327,6 +328,8 @@ def _run_locked(src: Path, out: Path, run_dir: Path, backend: Backend, options: 
         "notes": dict(sorted(Counter(n for r in ordered if r["status"] == "ok" for n in r.get("notes", [])).items())),
         "throughput": {"images": len(ok_now), "wall_s": round(wall, 3), "images_per_s": round(len(ok_now) / wall, 3) if wall > 0 else None},
         "codec": codec_reason,
+        # None: no other run could write here meanwhile; else why the folder was not locked
+        "unlocked": unlocked,
         "lines": _lines_summary(ok_now, line_fit, line_fit_reason),
         "backend_state": backend.describe(),
         "options": {"batch": options.batch, "workers": options.workers, "quality": options.quality, "recursive": options.recursive,

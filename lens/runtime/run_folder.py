@@ -32,14 +32,16 @@ class RecordsUnwritable(RuntimeError):
 
 
 @contextmanager
-def exclusive(run_dir: Path) -> Iterator[None]:
+def exclusive(run_dir: Path) -> Iterator[str | None]:
     """Hold ``run_dir``'s lock file for the run: a second run into the same folder (an
     overlapping cron job) would delete the first one's temporary files and interleave its
-    records. The lock is the kernel's (``flock``), so a killed run releases it."""
+    records. The lock is the kernel's (``flock``), so a killed run releases it. Yields None, or
+    why the folder could not be locked where its file system takes no locks (an NFS share
+    without a lock daemon, some SMB mounts): the run goes on there, unguarded."""
     try:
         import fcntl
     except ImportError:  # not POSIX: no advisory lock here
-        yield
+        yield "no file locks on this system"
         return
     try:
         handle = open(run_dir / LOCK_FILE, "a+")
@@ -48,20 +50,24 @@ def exclusive(run_dir: Path) -> Iterator[None]:
     with handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            unlocked = None
         except BlockingIOError:
             handle.seek(0)
             holder = handle.read().strip()
             raise OutputBusy(f"another lens run{f' (process {holder})' if holder else ''} is writing to {run_dir.parent}: "
                              "wait for it to finish, or choose another output folder") from None
+        except OSError as exc:  # ENOLCK, EOPNOTSUPP: the file system has no locks, not another run
+            unlocked = f"its file system takes no lock ({exc.strerror or exc})"
         try:  # unbuffered: a failed write must not fail again when the handle closes
             os.ftruncate(handle.fileno(), 0)
             os.pwrite(handle.fileno(), str(os.getpid()).encode(), 0)
         except OSError as exc:  # a full disk: nothing else could be written either
             raise RunRefused(f"cannot write to the output folder {run_dir.parent}: {exc.strerror or exc}") from None
         try:
-            yield
+            yield unlocked
         finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            if unlocked is None:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def source_stat(path: Path) -> list[int] | None:
