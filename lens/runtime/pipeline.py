@@ -36,6 +36,7 @@ from lens.runtime.runner import Job, RunOptions, Runner, failure_record, fault_r
 
 __all__ = ["Job", "RunOptions", "Runner", "choose_codec", "line_fit_plan", "output_settings", "plan", "run"]
 
+
 def plan(src: Path, out: Path, recursive: bool = False) -> tuple[list[Job], list[dict]]:
     """One job per input (sorted by path). An image's id is its path below ``src`` without the
     suffix ("IMG_1", or "listing42/IMG_1" with ``recursive``; "<id>" for a workload input

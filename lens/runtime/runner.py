@@ -106,6 +106,10 @@ def fit_lines_checked(pixels: np.ndarray, params: np.ndarray, thresholds: Safety
 
 
 class Runner:
+    """The batches of one run, each through `process` on a worker thread: the backend, the
+    line fits (``line_fits``, a `LineFitPool`, when the run refits lenses) and the GPU codec
+    (``codec``) are shared by every worker."""
+
     def __init__(self, backend: Backend, options: RunOptions, thresholds: SafetyThresholds = SafetyThresholds(), has_residual: bool = True,
                  codec=None, line_fits=None):
         self.codec = codec
