@@ -186,7 +186,8 @@ def run_cmd(
     from lens.runtime.cpu_budget import usable_cores
     from lens.runtime.pipeline import RunOptions, run
     from lens.runtime.policy import MODES
-    from lens.runtime.run_folder import RecordsUnwritable, RunRefused
+    from lens.runtime.metadata import RUN_DIR
+    from lens.runtime.run_folder import RecordsUnwritable, RunRefused, read_records
 
     if mode != "auto" and mode not in MODES:
         raise typer.BadParameter(f"choose auto or one of {', '.join(MODES)}", param_hint="--mode")
@@ -195,9 +196,6 @@ def run_cmd(
     if src.is_dir() and out.resolve() == src.resolve():  # corrected copies would replace the originals
         raise typer.BadParameter(f"{out} is the input folder: the corrected photos would replace the originals; choose another folder",
                                  param_hint="OUT")
-    from lens.runtime.metadata import RUN_DIR
-    from lens.runtime.run_folder import read_records
-
     # as --recursive leaves such subfolders out (a run refused before correcting anything, as
     # `lens run photos/a.jpg photos/` is, leaves only failures there: not an output)
     if src.is_dir() and any(r.get("status") == "ok" for r in read_records(src / RUN_DIR).values()):

@@ -479,7 +479,7 @@ def claim_output_names(sources: list[Path], root: Path | None) -> tuple[dict[str
 
 def image_id(output: str) -> str:
     """An image's id: its output's posix path below the output folder, without the suffix."""
-    return output[: -len(PurePosixPath(output).suffix)]
+    return str(PurePosixPath(output).with_suffix(""))
 
 
 def list_images(folder: Path, recursive: bool = False, skip: Path | None = None) -> list[Path]:

@@ -142,12 +142,21 @@ def _level(original: np.ndarray, generated: np.ndarray, width: int, share: float
     return _Level(src, dst.reshape(-1)[keep].reshape(1, 1, 1, -1), u[0, 0, cols].reshape(1, 1, -1), v[0, rows, 0].reshape(1, 1, -1))
 
 
+def _sampled_costs(src: torch.Tensor, dst: torch.Tensor, grid: torch.Tensor, per_lens: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """``src`` sampled at ``grid`` against ``dst``, over the positions inside the input: the mean
+    Charbonnier cost and the mean absolute difference, in grey levels; per lens of the batch
+    with ``per_lens``, else over the whole batch."""
+    warped = F.grid_sample(src, grid, mode="bilinear", padding_mode="border", align_corners=True)
+    inside = ((grid.abs() <= 1).all(dim=-1)).unsqueeze(1).float()
+    total = (lambda t: t.sum(dim=(1, 2, 3))) if per_lens else (lambda t: t.sum())
+    count = total(inside).clamp(min=1)
+    charbonnier = torch.sqrt((warped - dst) ** 2 + 1.0) - 1.0
+    return total(charbonnier * inside) / count, total((warped - dst).abs() * inside) / count
+
+
 def _loss(theta, level: _Level, height, width):
     grid = _warp_at(theta, height, width, level.u, level.v, level.src.shape[-1] >= IMPLICIT_FROM)
-    warped = F.grid_sample(level.src, grid, mode="bilinear", padding_mode="border", align_corners=True)
-    inside = ((grid.abs() <= 1).all(dim=-1)).unsqueeze(1).float()
-    diff = torch.sqrt((warped - level.dst) ** 2 + 1.0) - 1.0  # Charbonnier, in grey levels
-    return (diff * inside).sum() / inside.sum().clamp(min=1), ((warped - level.dst).abs() * inside).sum() / inside.sum().clamp(min=1)
+    return _sampled_costs(level.src, level.dst, grid)
 
 
 def _k1_scores(level: _Level, height: int, width: int) -> torch.Tensor:
@@ -159,10 +168,7 @@ def _k1_scores(level: _Level, height: int, width: int) -> torch.Tensor:
     params = torch.zeros(len(k1), 8)
     params[:, 0], params[:, 5] = k1, 1.0
     grid = parametric_points(params, optimal_new_camera(params, height, width), level.u, level.v, height, width)
-    warped = F.grid_sample(level.src.expand(len(k1), -1, -1, -1), grid, mode="bilinear", padding_mode="border", align_corners=True)
-    inside = ((grid.abs() <= 1).all(dim=-1)).unsqueeze(1).float()
-    diff = torch.sqrt((warped - level.dst) ** 2 + 1.0) - 1.0
-    return (diff * inside).sum(dim=(1, 2, 3)) / inside.sum(dim=(1, 2, 3)).clamp(min=1)
+    return _sampled_costs(level.src.expand(len(k1), -1, -1, -1), level.dst, grid, per_lens=True)[0]
 
 
 def _fit_variables(height: int, width: int) -> torch.Tensor:
