@@ -1,3 +1,4 @@
+import os
 from pathlib import Path
 
 import cv2
@@ -5,6 +6,11 @@ import numpy as np
 import pytest
 
 DATA = Path(__file__).resolve().parents[1] / "lens" / "assets" / "photos"
+
+# Without a GPU, Triton kernels (`lens.runtime.fused_warp`) run in Triton's interpreter, which
+# takes CPU tensors: Triton reads this when a kernel is defined, before any test imports one.
+if not Path("/dev/nvidia0").exists():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture(scope="session")

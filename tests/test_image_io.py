@@ -100,3 +100,30 @@ def test_atomic_write_keeps_old_content_when_encoding_fails(tmp_path):
         lio.write_image(target, bad)
     assert target.read_bytes() == b"old"
     assert os.listdir(tmp_path) == ["out.jpg"]
+
+
+def test_metadata_spliced_into_an_encoders_buffer_is_written_without_joining_it(tmp_path):
+    """The GPU path writes the encoder's JPEG (a memoryview of nvImageCodec's buffer) and the
+    input's EXIF, ICC and XMP as pieces: the file is the spliced JPEG, readable, metadata and
+    pixels intact."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    exif[0x010F] = "Canon"
+    xmp = b"http://ns.adobe.com/xap/1.0/\x00<x:xmpmeta>rating 5</x:xmpmeta>"
+    segment = b"\xff\xe1" + (len(xmp) + 2).to_bytes(2, "big") + xmp
+    icc = b"\x00" * 700
+    encoded = io.BytesIO()
+    pixels = np.random.default_rng(0).integers(0, 255, (40, 60, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(encoded, format="JPEG", quality=95)
+    data = memoryview(bytearray(encoded.getvalue()))
+    pieces = lio.jpeg_metadata_pieces(data, exif.tobytes(), icc, (segment,))
+    assert len(pieces) == 3 and isinstance(pieces[0], memoryview) and isinstance(pieces[2], memoryview)  # no copy of the image data
+    lio.write_atomic(tmp_path / "out.jpg", pieces)
+    written = (tmp_path / "out.jpg").read_bytes()
+    assert written == lio.splice_jpeg_metadata(bytes(data), exif.tobytes(), icc, (segment,))
+    with Image.open(tmp_path / "out.jpg") as img:
+        assert img.getexif()[0x0112] == 6 and img.getexif()[0x010F] == "Canon"
+        assert img.info["icc_profile"] == icc
+        assert any(p.startswith(b"http://ns.adobe.com/xap/1.0/") for m, p in img.applist if m == "APP1")
+        assert np.array_equal(np.asarray(img), np.asarray(Image.open(io.BytesIO(encoded.getvalue()))))
+    assert not [p for p in tmp_path.iterdir() if p.name != "out.jpg"]  # no temporary left

@@ -151,6 +151,15 @@ class LensGraph(torch.nn.Module):
         grid = fuse_residual(parametric_grid(final_params, final_cam, height, width), final_flow)
         return *outputs, to_uint8(sample(image.to(torch.float32), grid))
 
+    def decisions(self, image: torch.Tensor, mode_override: torch.Tensor):
+        """`forward` up to its warp: the first five outputs, then the chosen mode's lens
+        ``(B, 8)``, output camera ``(B, 4)`` and residual flow in normalised units, from which
+        `lens.runtime.fused_warp` computes the same fused grid and sampling in one kernel."""
+        height, width = image.shape[-2], image.shape[-1]
+        cfg = self.model.config
+        outputs, (final_params, final_cam, final_flow) = self._decide(to_model_input(image, cfg.input_height, cfg.input_width), height, width, mode_override)
+        return *outputs, final_params, final_cam, residual_to_normalized(final_flow)
+
 
 class LensMapsGraph(LensGraph):
     """The CPU graph: the same network, statistics and mode choice as `LensGraph`, ending in the

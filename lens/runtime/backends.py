@@ -257,24 +257,49 @@ class TorchBackend(Backend):
         self.graph = kind(model, use_residual=ckpt["stage"] != "param").eval().to(device)
         self.names = ("params", "flow", "safety", "mode", "violations", "corrected" if self.samples_on_device else "lattice")
         self.lock = threading.Lock()
-        # On CUDA the pipeline hands over GPU tensors (`infer_device`) or channels-last host
+        # On CUDA the pipeline hands over GPU tensors (`run_device`) or channels-last host
         # batches (`infer_hwc`): no CPU transposes, and uint8 (not float) crosses PCIe.
         self.device_resident = device == "cuda"
         self.graphs = None
+        self.warp_note = None  # why the fused warp is not used, where it is not
         if self.device_resident:
             # Deterministic convolutions: autotuning may pick a different algorithm per run,
             # which changed output bytes between two runs on an H200.
             torch.backends.cudnn.benchmark = False
             torch.backends.cudnn.deterministic = True
+            # Its own stream: the JPEG codec's decodes and encodes (`lens.runtime.gpu_jpeg`,
+            # streams of their own) overlap the graph instead of queueing behind it, and a
+            # host copy of the outputs waits for this batch's work only.
+            self.stream = torch.cuda.Stream()
+            from lens.runtime import fused_warp
+
+            self.warp_note = "turned off (LENS_FUSED_WARP=0)" if os.environ.get("LENS_FUSED_WARP", "1") == "0" else fused_warp.unavailable()
+            self._decide = self._graph_decisions if self.warp_note is None else self._graph_whole
             if os.environ.get("LENS_CUDA_GRAPHS", "1") != "0":
                 from lens.runtime.cuda_graphs import CapturedGraphs
 
-                self.graphs = CapturedGraphs(self.graph)
+                self.graphs = CapturedGraphs(self._decide)
+
+    def _graph_decisions(self, images, modes):
+        """``(B, H, W, 3)`` uint8 -> the graph's first outputs and the fused warp's inputs."""
+        from lens.runtime.fused_warp import warp_coefficients
+
+        *outs, params, camera, flow = self.graph.decisions(images.permute(0, 3, 1, 2), modes)
+        return (*outs, warp_coefficients(params, camera, images.shape[1], images.shape[2]), flow)
+
+    def _graph_whole(self, images, modes):
+        """``(B, H, W, 3)`` uint8 -> the whole graph's outputs, ``corrected`` ``(B, H, W, 3)``."""
+        *outs, corrected = self.graph(images.permute(0, 3, 1, 2), modes)
+        return (*outs, corrected.permute(0, 2, 3, 1))
 
     def describe(self) -> dict:
         out = {**super().describe(), "cuda_graphs": self.graphs is not None and not self.graphs.failed}
         if self.graphs is not None and self.graphs.failed:
             out["cuda_graphs_note"] = self.graphs.failed
+        if self.device_resident:
+            out["fused_warp"] = self.warp_note is None
+            if self.warp_note:
+                out["fused_warp_note"] = self.warp_note
         return out
 
     def infer(self, images, mode_override=-1):
@@ -292,25 +317,46 @@ class TorchBackend(Backend):
         return {n: o.numpy() for n, o in zip(self.names, outs)}
 
     def infer_device(self, images, mode_override=-1) -> dict:
-        """``(B, 3, H, W)`` uint8 CUDA tensor (any strides) -> outputs as CUDA tensors. The
-        caller holds ``self.lock``."""
+        """``(B, H, W, 3)`` uint8 CUDA tensor -> outputs as CUDA tensors on this backend's
+        stream, ``corrected_hwc`` ``(B, H, W, 3)`` a tensor of its own (the others may be a
+        replayed CUDA graph's, overwritten by its next call). The caller holds ``self.lock``
+        and runs on ``self.stream``, where ``images`` must be ready."""
         t = self.torch
         modes = t.full((images.shape[0],), mode_override, dtype=t.int64, device=images.device)
         with t.no_grad():
-            outs = self.graphs(images, modes) if self.graphs is not None else self.graph(images, modes)
-        return dict(zip(self.names, outs))
+            outs = self.graphs(images, modes) if self.graphs is not None else self._decide(images, modes)
+            named = dict(zip(self.names[:5], outs[:5]))
+            if self.warp_note is None:
+                from lens.runtime.fused_warp import fused_warp
+
+                named["corrected_hwc"] = fused_warp(images, outs[5], outs[6])
+            else:
+                named["corrected_hwc"] = outs[5].clone(memory_format=t.contiguous_format)
+        return named
+
+    def run_device(self, images: list, mode_override=-1, ready=None) -> tuple[dict, object]:
+        """Same-size photos, each a ``(H, W, 3)`` uint8 CUDA tensor or host array, with
+        ``ready`` a CUDA event after which the CUDA ones may be read -> (host outputs, the
+        corrected ``(B, H, W, 3)`` CUDA tensor, complete)."""
+        t = self.torch
+        with self.lock, t.cuda.stream(self.stream):
+            if ready is not None:
+                self.stream.wait_event(ready)
+            batch = t.stack([x if isinstance(x, t.Tensor) else t.from_numpy(x).to(self.device) for x in images])
+            out = self.infer_device(batch, mode_override)
+            corrected = out.pop("corrected_hwc")
+            host = {k: v.cpu().numpy() for k, v in out.items()}  # waits for this stream: the warp is done too
+        return host, corrected
 
     def infer_hwc(self, images, mode_override=-1):
         """``(B, H, W, 3)`` uint8 host batch -> host outputs, ``corrected_hwc`` ``(B, H, W, 3)``
         (CUDA only)."""
         t = self.torch
-        with self.lock:
-            x = t.from_numpy(images)
-            if self.device == "cuda":  # pinned: the copy runs at full PCIe speed
-                x = x.pin_memory()
-            x = x.to(self.device, non_blocking=True).permute(0, 3, 1, 2)
-            out = self.infer_device(x, mode_override)
-            out["corrected_hwc"] = out.pop("corrected").permute(0, 2, 3, 1).contiguous()
+        x = t.from_numpy(images)
+        if self.device == "cuda":  # pinned: the copy runs at full PCIe speed
+            x = x.pin_memory()
+        with self.lock, t.cuda.stream(self.stream):
+            out = self.infer_device(x.to(self.device, non_blocking=True), mode_override)
             return {k: v.cpu().numpy() for k, v in out.items()}
 
 

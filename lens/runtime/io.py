@@ -314,14 +314,20 @@ def _encode_jpeg_opencv(pixels: np.ndarray, exif: bytes | None, icc: bytes | Non
 
 def splice_jpeg_metadata(data: bytes, exif: bytes | None, icc: bytes | None, segments: tuple[bytes, ...] = ()) -> bytes:
     """``data`` (a JPEG from an encoder that writes no metadata) with the input's inserted."""
+    return b"".join(jpeg_metadata_pieces(data, exif, icc, segments))
+
+
+def jpeg_metadata_pieces(data, exif: bytes | None, icc: bytes | None, segments: tuple[bytes, ...] = ()) -> list:
+    """`splice_jpeg_metadata` as the buffers to write one after the other (``data`` may be a
+    memoryview: its parts are not copied)."""
     extra = _jpeg_segments(exif, icc, segments)
     if not extra:
-        return data
+        return [data]
     # After SOI and the encoder's JFIF APP0, as Pillow would place them.
     pos = 2
     if data[2:4] == b"\xff\xe0":
         pos = 4 + int.from_bytes(data[4:6], "big")
-    return data[:pos] + extra + data[pos:]
+    return [data[:pos], extra, data[pos:]]
 
 
 def encode_image(image: DecodedImage, fmt: str, quality: int = JPEG_QUALITY) -> bytes:
@@ -365,11 +371,12 @@ def _cut_name(name: str, limit: int) -> str:
     return "".join(out)
 
 
-def write_atomic(path: str | os.PathLike, data: bytes, durable: bool = False) -> None:
-    """Write ``data`` to ``path`` so that ``path`` is either absent, its old content, or the
-    complete new content, even if the process is killed: temp file in the same folder, then
-    rename. ``durable`` also fsyncs before the rename, which survives a power cut too; it costs
-    ~5 ms per file, so images skip it and checkpoints and zips use it."""
+def write_atomic(path: str | os.PathLike, data: bytes | list, durable: bool = False) -> None:
+    """Write ``data`` (bytes, or a list of buffers written one after the other) to ``path`` so
+    that ``path`` is either absent, its old content, or the complete new content, even if the
+    process is killed: temp file in the same folder, then rename. ``durable`` also fsyncs
+    before the rename, which survives a power cut too; it costs ~5 ms per file, so images skip
+    it and checkpoints and zips use it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # the name cut so that the temporary's fits where the output's does (255 bytes on most
@@ -378,7 +385,8 @@ def write_atomic(path: str | os.PathLike, data: bytes, durable: bool = False) ->
     fd, tmp = tempfile.mkstemp(prefix=f".{short}.", suffix=".part", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            for piece in data if isinstance(data, list) else (data,):
+                fh.write(piece)
             fh.flush()
             if durable:
                 os.fsync(fh.fileno())

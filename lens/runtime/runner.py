@@ -12,7 +12,7 @@ import numpy as np
 
 from lens.conventions import PARAM_NAMES, SAFETY_STATS
 from lens.runtime.backends import Backend
-from lens.runtime.io import DecodedImage, ImageReadError, encode_image, output_format, read_image, splice_jpeg_metadata, write_atomic
+from lens.runtime.io import DecodedImage, ImageReadError, encode_image, jpeg_metadata_pieces, output_format, read_image, write_atomic
 from lens.runtime.lens_maps import correction_maps, lattice_safety, maps_from_lattice
 from lens.runtime.policy import MODES, SafetyThresholds, reasons_from_masks, violations
 from lens.runtime.sampling import warp_with_maps
@@ -202,19 +202,17 @@ class Runner:
     def _process_on_device(self, jobs: list[Job]) -> list[dict]:
         """GPU-resident path (`lens.runtime.gpu_jpeg`): decode, infer, warp and encode without
         the pixels leaving the GPU. A file the GPU decoder refuses is decoded on the CPU.
-        Decoder, model and encoder each have their own lock, so batches flow through them as
-        a pipeline; stage times include waiting for that stage."""
-        import torch
-
+        Decoder, model and encoder each have their own lock and CUDA stream, so batches flow
+        through them as a pipeline; stage times include waiting for that stage."""
         records = []
         t = time.perf_counter()
-        tensors = self.codec.decode([j.image.encoded for j in jobs])
+        tensors, ready = self.codec.decode([j.image.encoded for j in jobs])
         t_dec = time.perf_counter()
         keep = []
         for job, tensor in zip(jobs, tensors):
             if tensor is None:
                 try:
-                    tensor = torch.from_numpy(_rgb_pixels(read_image(job.source).pixels)).to(self.backend.device)
+                    tensor = _rgb_pixels(read_image(job.source).pixels)
                 except ImageReadError as exc:
                     job.error = exc.reason
                     records.append(failure_record(job))
@@ -223,11 +221,8 @@ class Runner:
         if not keep:
             return records
         jobs = [j for j, _ in keep]
-        with self.backend.lock:
-            out = self.backend.infer_device(torch.stack([x for _, x in keep]).permute(0, 3, 1, 2), self.options.mode_override)
-            # Copies: the outputs of a replayed CUDA graph are overwritten by the next batch.
-            corrected = out.pop("corrected").permute(0, 2, 3, 1).contiguous()  # (B, H, W, 3) for the encoder
-            host = {k: v.cpu().numpy() for k, v in out.items()}
+        host, corrected = self.backend.run_device([x for _, x in keep], self.options.mode_override, ready)
+        del tensors, keep  # the decoder's buffers: the batch that read them is done
         t_inf = time.perf_counter()
         datas = self.codec.encode(list(corrected.unbind(0)), self.options.quality)
         t_enc = time.perf_counter()
@@ -236,7 +231,7 @@ class Runner:
             job.timings.update(gpu_decode_ms=(t_dec - t) * 1e3 / n, infer_ms=(t_inf - t_dec) * 1e3 / n, gpu_encode_ms=(t_enc - t_inf) * 1e3 / n)
             try:  # as in `_finish`: one image's fault is its own
                 t_w = time.perf_counter()
-                write_atomic(job.output, splice_jpeg_metadata(data, job.image.exif, job.image.icc_profile, job.image.segments))
+                write_atomic(job.output, jpeg_metadata_pieces(data, job.image.exif, job.image.icc_profile, job.image.segments))
                 job.timings["write_ms"] = (time.perf_counter() - t_w) * 1e3
                 records.append(self._record(job, host, i, None))
                 job.image = None
