@@ -4,11 +4,13 @@
     python tools/gpu_stages.py --loop SECONDS                    # lens run again and again (for py-spy)
 
 For each size it prints, each a JSON line:
-- ``floor``: nvImageCodec batch decode alone, encode alone, and both (no model, no files);
+- ``floor``: nvImageCodec batch decode alone, encode alone (also with 2-4 encoders side by
+  side), and both (no model, no files);
 - ``model``: the torch backend alone on a decoded batch (`TorchBackend.run_device`: the graph's
   CUDA-graph replay and the fused warp), its outputs on the host;
 - ``gpu_loop``: decode, graph and encode of each batch in one thread, no files: what lens's GPU
-  work allows when no CPU work competes with it;
+  work allows when no CPU work competes with it; ``gpu_loop_profile``: its GPU time by kernel
+  and the share of its wall time in which the GPU ran any (torch's profiler);
 - ``gil``: the share of a call's wall time during which another Python thread ran (1: the call
   releases the GIL while it waits; 0: it holds it);
 - ``lens``: `lens run` end to end per ``--workers`` / ``--batch``, with the cores its process
@@ -111,6 +113,27 @@ def profile(fn, top: int = 12) -> dict:
             "kernels_ms": {k: round(v / 1e3, 2) for k, v in sorted(by_name.items(), key=lambda kv: -kv[1])[:top]}}
 
 
+def parallel_encode_rate(decoded: list[list], encoders: int) -> float:
+    """Images per second encoding the same batches with ``encoders`` nvImageCodec encoders side
+    by side, each in its thread with its stream (lens encodes with one: whether more would
+    pay, with the encode mostly host time)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from nvidia import nvimgcodec as nv
+
+    params = nv.EncodeParams(quality_type=nv.QualityType.QUALITY, quality_value=95.0, chroma_subsampling=nv.ChromaSubsampling.CSS_444)
+    slots = [(nv.Encoder(device_id=0), torch.cuda.Stream()) for _ in range(encoders)]
+
+    def work(k: int) -> None:
+        encoder, stream = slots[k]
+        for images in decoded[k::encoders]:
+            streams = encoder.encode([nv.as_image(t, cuda_stream=stream.cuda_stream) for t in images], "jpeg", params=params, cuda_stream=stream.cuda_stream)
+            [bytes(memoryview(c)) for c in streams]
+
+    with ThreadPoolExecutor(encoders) as pool:
+        return rate(sum(len(d) for d in decoded), lambda: list(pool.map(work, range(encoders))))
+
+
 def batches(items: list, size: int) -> list[list]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
@@ -125,6 +148,11 @@ def stages(files: list[Path], backend: TorchBackend, batch: int = 16) -> dict:
     out: dict = {}
     out["floor_decode"] = rate(n, lambda: [codec.decode(g) for g in groups])
     out["floor_encode"] = rate(n, lambda: [codec.encode(d, 95) for d, _ in decoded])
+    for k in (2, 3, 4):
+        try:
+            out[f"floor_encode_{k}_encoders"] = parallel_encode_rate([d for d, _ in decoded], k)
+        except Exception as exc:  # a diagnosis: its failure must not lose the rest
+            out[f"floor_encode_{k}_encoders"] = f"failed: {type(exc).__name__}: {exc}"
 
     def both():
         for g in groups:
