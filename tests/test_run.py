@@ -619,6 +619,71 @@ def test_xmp_and_iptc_of_a_jpeg_are_kept(tmp_path):
         assert out.info["xmp"] == xmp and ("APP13", iptc) in out.applist
 
 
+# A phone's main XMP (as Android writes an Ultra HDR Motion Photo): the gain map and the video
+# are stored after the JPEG, with a directory of their byte lengths
+PHONE_XMP = b"""<x:xmpmeta xmlns:x="adobe:ns:meta/" x:xmptk="Adobe XMP Core 5.1.2">
+ <rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">
+  <rdf:Description rdf:about="" xmlns:hdrgm="http://ns.adobe.com/hdr-gain-map/1.0/"
+    xmlns:Container="http://ns.google.com/photos/1.0/container/" xmlns:Item="http://ns.google.com/photos/1.0/container/item/"
+    xmlns:GCamera="http://ns.google.com/photos/1.0/camera/" xmlns:dc="http://purl.org/dc/elements/1.1/"
+    xmlns:xmp="http://ns.adobe.com/xap/1.0/" hdrgm:Version="1.0" GCamera:MotionPhoto="1" GCamera:MotionPhotoVersion="1"
+    GCamera:MotionPhotoPresentationTimestampUs="968000" xmp:Rating="5">
+   <dc:rights><rdf:Alt><rdf:li xml:lang="x-default">(c) Studio</rdf:li></rdf:Alt></dc:rights>
+   <Container:Directory>
+    <rdf:Seq>
+     <rdf:li rdf:parseType="Resource"><Container:Item Item:Semantic="Primary" Item:Mime="image/jpeg"/></rdf:li>
+     <rdf:li rdf:parseType="Resource"><Container:Item Item:Semantic="GainMap" Item:Mime="image/jpeg" Item:Length="31337"/></rdf:li>
+     <rdf:li rdf:parseType="Resource"><Container:Item Item:Semantic="MotionPhoto" Item:Mime="video/mp4" Item:Length="1500000"/></rdf:li>
+    </rdf:Seq>
+   </Container:Directory>
+  </rdf:Description>
+ </rdf:RDF>
+</x:xmpmeta>"""
+
+
+def test_a_phones_xmp_no_longer_points_at_the_gain_map_and_video_that_the_output_does_not_hold(tmp_path):
+    """An Ultra HDR Motion Photo: its gain map (a second image) and video (after the JPEG) are
+    not in the corrected output, so its XMP must not announce them (a viewer would look for a
+    gain map or a video at offsets that are not there); the photographer's rights and rating
+    stay, and the notes say what was dropped."""
+    import xml.etree.ElementTree as ET
+
+    shoot = tmp_path / "shoot"
+    shoot.mkdir()
+    photo = _small("rocket.jpg", 400)
+    buf = io.BytesIO()
+    Image.fromarray(photo).save(buf, format="MPO", save_all=True, append_images=[Image.fromarray(photo[::4, ::4])])
+    data = buf.getvalue()
+    payload = b"http://ns.adobe.com/xap/1.0/\x00" + PHONE_XMP
+    xmp_segment = b"\xff\xe1" + (len(payload) + 2).to_bytes(2, "big") + payload
+    (shoot / "pxl.jpg").write_bytes(data[:2] + xmp_segment + data[2:] + b"\x00\x00\x00\x18ftypmp42" + bytes(64))  # the video after it
+    with Image.open(shoot / "pxl.jpg") as src:
+        # Pillow reads an Ultra HDR photo as one frame: the gain map is found from its MPF
+        assert b"hdrgm:Version" in src.info["xmp"] and getattr(src, "n_frames", 1) == 1
+    # an older phone's Micro Video, its properties as elements under another prefix
+    old_xmp = (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+               b'<rdf:Description xmlns:gc="http://ns.google.com/photos/1.0/camera/" xmlns:xmp="http://ns.adobe.com/xap/1.0/">'
+               b'<gc:MicroVideo>1</gc:MicroVideo><gc:MicroVideoOffset>123456</gc:MicroVideoOffset><xmp:Rating>4</xmp:Rating>'
+               b'</rdf:Description></rdf:RDF></x:xmpmeta>')
+    Image.fromarray(photo).save(shoot / "old.jpg", quality=92, xmp=old_xmp)
+    result = _run(shoot, tmp_path / "out", "--refine", "off")
+    assert result.exit_code == 0, result.output
+    assert "a Motion Photo's video (2 motion_video_dropped)" in result.output
+    records = {r["id"]: r for r in map(json.loads, (tmp_path / "out" / "lens-run" / "images.jsonl").read_text().splitlines())}
+    assert records["pxl"]["notes"] == ["frames_dropped", "motion_video_dropped"]
+    assert records["old"]["notes"] == ["motion_video_dropped"]
+    with Image.open(tmp_path / "out" / "old.jpg") as out:
+        assert out.info["xmp"] == old_xmp.replace(b"<gc:MicroVideo>1</gc:MicroVideo><gc:MicroVideoOffset>123456</gc:MicroVideoOffset>", b"")
+    with Image.open(tmp_path / "out" / "pxl.jpg") as out:
+        xmp = out.info["xmp"]
+    root = ET.fromstring(xmp)  # still well-formed
+    description = root.find(".//{http://www.w3.org/1999/02/22-rdf-syntax-ns#}Description")
+    assert not [k for k in description.attrib if "hdr-gain-map" in k or "MotionPhoto" in k]
+    assert root.find(".//{http://ns.google.com/photos/1.0/container/}Directory") is None
+    assert description.attrib["{http://ns.adobe.com/xap/1.0/}Rating"] == "5"
+    assert root.find(".//{http://purl.org/dc/elements/1.1/}rights")[0][0].text == "(c) Studio"
+
+
 def test_a_workload_folder_is_corrected_to_submission_names_and_its_targets_are_left_alone(tmp_path, photos):
     """The workload's layout: <id>_original.jpg (input) beside <id>_generated.jpg (target).
     Each input is corrected to <id>.jpg, as a submission names it; a target beside its input

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import struct
 import tempfile
 import warnings
@@ -112,6 +113,17 @@ def _heif_problem() -> str | None:
 _WIDE_GREY_MODES = ("I;16", "I;16B", "I;16L", "I")
 
 
+def _mpf_images(img: Image.Image) -> int:
+    """How many images a JPEG's Multi-Picture Format segment lists (0 without one). Pillow opens
+    an Ultra HDR photo, gain map listed there, as a one-frame JPEG (it does not read gain maps
+    yet), so its frame count alone missed the gain map."""
+    try:
+        mp = img._getmp() if hasattr(img, "_getmp") else None  # Pillow's MPF reader (MPO and JPEG files)
+    except Exception:  # a damaged MPF segment: the image itself still reads
+        return 0
+    return int(mp.get(0xB001, 0)) if mp else 0
+
+
 def _reading_notes(img: Image.Image) -> tuple[str, ...]:
     """What of an opened file the output will not hold: ``frames_dropped`` where it has more
     than one image (the pages of a TIFF, the frames of a WebP, the gain map, depth map or
@@ -119,7 +131,7 @@ def _reading_notes(img: Image.Image) -> tuple[str, ...]:
     where its samples have more than 8 bits (read before decoding: Pillow's tile says how
     they are stored)."""
     notes = ()
-    if getattr(img, "n_frames", 1) > 1:
+    if getattr(img, "n_frames", 1) > 1 or _mpf_images(img) > 1:
         notes += ("frames_dropped",)
     raw = img.tile[0][3] if img.tile else None
     raw = raw[0] if isinstance(raw, tuple) and raw else raw
@@ -212,8 +224,8 @@ def read_image(path: str | os.PathLike, keep_jpeg: bool = False, draft: tuple[in
                     raise ImageReadError(path, f"image too small to warp: {w}x{h}")
                 exif = without_thumbnail(img.info.get("exif"))
                 icc = img.info.get("icc_profile")
-                segments = _kept_segments(img)
-                notes = _reading_notes(img)
+                segments, xmp_notes = _kept_segments(img)
+                notes = _reading_notes(img) + xmp_notes
                 if keep_jpeg:
                     from lens.runtime.gpu_jpeg import device_decodable
 
@@ -252,13 +264,50 @@ _XMP_PREFIX = b"http://ns.adobe.com/x"  # XMP (".../xap/1.0/") and extended XMP 
 _MARKERS = {"APP1": b"\xff\xe1", "APP13": b"\xff\xed"}
 
 
-def _kept_segments(img: Image.Image) -> tuple[bytes, ...]:
-    """A JPEG's XMP and IPTC (Photoshop APP13) segments, as they are in the file."""
-    out = []
+_MAIN_XMP = b"http://ns.adobe.com/xap/1.0/\x00"
+# What a phone's XMP says of data stored after its JPEG, which an output never holds (it is the
+# main image encoded again): an Ultra HDR gain map (the hdrgm namespace, and the GContainer
+# directory listing it with its byte length) and a Motion Photo's video (GCamera's MotionPhoto
+# and older MicroVideo properties, with the video's offset). Left in, a viewer looks for a gain
+# map or a video at an offset that is not there.
+_APPENDED_DATA_PROPERTIES = (
+    ("http://ns.adobe.com/hdr-gain-map/1.0/", r"\w+"),
+    ("http://ns.google.com/photos/1.0/container/", r"Directory"),
+    ("http://ns.google.com/photos/1.0/camera/", r"(?:MotionPhoto|MicroVideo)\w*"),
+)
+
+
+def _kept_segments(img: Image.Image) -> tuple[tuple[bytes, ...], tuple[str, ...]]:
+    """A JPEG's XMP and IPTC (Photoshop APP13) segments as they are in the file, but for what
+    its main XMP says of data after the image (`_without_appended_data`), and the notes that
+    leaves (``motion_video_dropped``)."""
+    out, notes = [], ()
     for marker, payload in getattr(img, "applist", []):
         if (marker == "APP1" and payload.startswith(_XMP_PREFIX)) or marker == "APP13":
+            if marker == "APP1" and payload.startswith(_MAIN_XMP):
+                payload, notes = _without_appended_data(payload)
             out.append(_MARKERS[marker] + (len(payload) + 2).to_bytes(2, "big") + payload)
-    return tuple(out)
+    return tuple(out), notes
+
+
+def _without_appended_data(payload: bytes) -> tuple[bytes, tuple[str, ...]]:
+    """The main XMP segment's payload without `_APPENDED_DATA_PROPERTIES`, as attributes or
+    as elements, whatever prefix the packet binds their namespaces to; everything else
+    (rights, ratings, keywords, edits) byte for byte."""
+    try:
+        xmp = payload[len(_MAIN_XMP):].decode("utf-8")
+    except UnicodeDecodeError:  # not the UTF-8 that XMP in a JPEG must be: left as it is
+        return payload, ()
+    notes = ()
+    for namespace, names in _APPENDED_DATA_PROPERTIES:
+        for prefix in set(re.findall(r"xmlns:([\w.-]+)\s*=\s*[\"']" + re.escape(namespace) + "[\"']", xmp)):
+            p = re.escape(prefix)
+            video = re.search(p + r":(?:MotionPhoto|MicroVideo)\s*=\s*[\"']1[\"']|<" + p + r":(?:MotionPhoto|MicroVideo)>\s*1\s*<", xmp)
+            if namespace.endswith("/camera/") and video:
+                notes = ("motion_video_dropped",)
+            xmp = re.sub(r"\s" + p + ":" + names + r"\s*=\s*(?:\"[^\"]*\"|'[^']*')", "", xmp)
+            xmp = re.sub(r"<" + p + ":(" + names + r")\b[^>]*?(?:/>|>.*?</" + p + r":\1\s*>)", "", xmp, flags=re.S)
+    return _MAIN_XMP + xmp.encode("utf-8"), notes
 
 
 def without_thumbnail(exif: bytes | None) -> bytes | None:
