@@ -10,7 +10,8 @@ files, same process (issue bars: >= 20x the naive loop, >= 0.5x the decode + enc
   4:4:4) and torchvision's nvJPEG (quality 95, its default 4:2:0 chroma, which lens does not
   write);
 - lens: the `lens run` pipeline with the torch backend on CUDA, with the GPU JPEG codec
-  (`--codec gpu`, batch 16) and with CPU codecs (`--codec cpu`, batch 8), plus the mean
+  (`--codec gpu`, batch 16; of the WORKERS threads it uses `pipeline.GPU_CODEC_THREADS`) and
+  with CPU codecs (`--codec cpu`, batch 8), plus the mean
   per-image stage times from its records; and, reported apart, with the opt-in line fit
   (`--refine lines`: CPU codec, the fit in WORKERS processes, OpenCV re-warp where used).
 
