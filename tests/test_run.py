@@ -641,11 +641,11 @@ PHONE_XMP = b"""<x:xmpmeta xmlns:x="adobe:ns:meta/" x:xmptk="Adobe XMP Core 5.1.
 </x:xmpmeta>"""
 
 
-def test_a_phones_xmp_no_longer_points_at_the_gain_map_and_video_that_the_output_does_not_hold(tmp_path):
+def test_a_phones_xmp_no_longer_points_at_the_gain_map_video_and_depth_that_the_output_does_not_hold(tmp_path):
     """An Ultra HDR Motion Photo: its gain map (a second image) and video (after the JPEG) are
-    not in the corrected output, so its XMP must not announce them (a viewer would look for a
-    gain map or a video at offsets that are not there); the photographer's rights and rating
-    stay, and the notes say what was dropped."""
+    not in the corrected output, nor is a Dynamic Depth photo's depth map, so their XMP must
+    not announce them (a viewer would look for them at offsets where nothing is); the
+    photographer's rights, rating and credit stay, and the notes say what was dropped."""
     import xml.etree.ElementTree as ET
 
     shoot = tmp_path / "shoot"
@@ -666,14 +666,30 @@ def test_a_phones_xmp_no_longer_points_at_the_gain_map_and_video_that_the_output
                b'<gc:MicroVideo>1</gc:MicroVideo><gc:MicroVideoOffset>123456</gc:MicroVideoOffset><xmp:Rating>4</xmp:Rating>'
                b'</rdf:Description></rdf:RDF></x:xmpmeta>')
     Image.fromarray(photo).save(shoot / "old.jpg", quality=92, xmp=old_xmp)
+    # a Dynamic Depth portrait: depth map and cameras described in the Device namespace
+    depth_xmp = (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+                 b'<rdf:Description xmlns:Device="http://ns.google.com/photos/dd/1.0/device/" xmlns:Container="http://ns.google.com/photos/dd/1.0/container/"'
+                 b' xmlns:Item="http://ns.google.com/photos/dd/1.0/item/" xmlns:dc="http://purl.org/dc/elements/1.1/">'
+                 b'<Device:Container><Container:Directory><rdf:Seq><rdf:li rdf:parseType="Resource"><Container:Item Item:Mime="image/jpeg"'
+                 b' Item:Length="0"/></rdf:li><rdf:li rdf:parseType="Resource"><Container:Item Item:Mime="image/jpeg" Item:Length="9000"'
+                 b' Item:DataURI="android/depthmap"/></rdf:li></rdf:Seq></Container:Directory></Device:Container>'
+                 b'<Device:Cameras><rdf:Seq><rdf:li rdf:parseType="Resource"><Device:Camera/></rdf:li></rdf:Seq></Device:Cameras>'
+                 b'<dc:creator><rdf:Seq><rdf:li>Agent</rdf:li></rdf:Seq></dc:creator></rdf:Description></rdf:RDF></x:xmpmeta>')
+    Image.fromarray(photo).save(shoot / "depth.jpg", quality=92, xmp=depth_xmp)
     result = _run(shoot, tmp_path / "out", "--refine", "off")
     assert result.exit_code == 0, result.output
     assert "a Motion Photo's video (2 motion_video_dropped)" in result.output
+    assert "a Dynamic Depth photo's depth map (1 depth_dropped)" in result.output
     records = {r["id"]: r for r in map(json.loads, (tmp_path / "out" / "lens-run" / "images.jsonl").read_text().splitlines())}
     assert records["pxl"]["notes"] == ["frames_dropped", "motion_video_dropped"]
     assert records["old"]["notes"] == ["motion_video_dropped"]
+    assert records["depth"]["notes"] == ["depth_dropped"]
     with Image.open(tmp_path / "out" / "old.jpg") as out:
         assert out.info["xmp"] == old_xmp.replace(b"<gc:MicroVideo>1</gc:MicroVideo><gc:MicroVideoOffset>123456</gc:MicroVideoOffset>", b"")
+    with Image.open(tmp_path / "out" / "depth.jpg") as out:
+        kept = ET.fromstring(out.info["xmp"])
+    assert not [e for e in kept.iter() if "photos/dd/1.0" in e.tag]
+    assert kept.find(".//{http://purl.org/dc/elements/1.1/}creator")[0][0].text == "Agent"
     with Image.open(tmp_path / "out" / "pxl.jpg") as out:
         xmp = out.info["xmp"]
     root = ET.fromstring(xmp)  # still well-formed

@@ -267,20 +267,23 @@ _MARKERS = {"APP1": b"\xff\xe1", "APP13": b"\xff\xed"}
 _MAIN_XMP = b"http://ns.adobe.com/xap/1.0/\x00"
 # What a phone's XMP says of data stored after its JPEG, which an output never holds (it is the
 # main image encoded again): an Ultra HDR gain map (the hdrgm namespace, and the GContainer
-# directory listing it with its byte length) and a Motion Photo's video (GCamera's MotionPhoto
-# and older MicroVideo properties, with the video's offset). Left in, a viewer looks for a gain
-# map or a video at an offset that is not there.
+# directory listing it with its byte length), a Motion Photo's video (GCamera's MotionPhoto
+# and older MicroVideo properties, with the video's offset) and a Dynamic Depth photo's depth
+# map and cameras (its Device namespace, directory included). Left in, a viewer looks for them
+# at offsets where nothing is.
+_DEVICE_NAMESPACE = "http://ns.google.com/photos/dd/1.0/device/"
 _APPENDED_DATA_PROPERTIES = (
     ("http://ns.adobe.com/hdr-gain-map/1.0/", r"\w+"),
     ("http://ns.google.com/photos/1.0/container/", r"Directory"),
     ("http://ns.google.com/photos/1.0/camera/", r"(?:MotionPhoto|MicroVideo)\w*"),
+    (_DEVICE_NAMESPACE, r"\w+"),
 )
 
 
 def _kept_segments(img: Image.Image) -> tuple[tuple[bytes, ...], tuple[str, ...]]:
     """A JPEG's XMP and IPTC (Photoshop APP13) segments as they are in the file, but for what
     its main XMP says of data after the image (`_without_appended_data`), and the notes that
-    leaves (``motion_video_dropped``)."""
+    leaves (``motion_video_dropped``, ``depth_dropped``)."""
     out, notes = [], ()
     for marker, payload in getattr(img, "applist", []):
         if (marker == "APP1" and payload.startswith(_XMP_PREFIX)) or marker == "APP13":
@@ -304,10 +307,13 @@ def _without_appended_data(payload: bytes) -> tuple[bytes, tuple[str, ...]]:
             p = re.escape(prefix)
             video = re.search(p + r":(?:MotionPhoto|MicroVideo)\s*=\s*[\"']1[\"']|<" + p + r":(?:MotionPhoto|MicroVideo)>\s*1\s*<", xmp)
             if namespace.endswith("/camera/") and video:
-                notes = ("motion_video_dropped",)
+                notes += ("motion_video_dropped",)
+            before = xmp
             xmp = re.sub(r"\s" + p + ":" + names + r"\s*=\s*(?:\"[^\"]*\"|'[^']*')", "", xmp)
             xmp = re.sub(r"<" + p + ":(" + names + r")\b[^>]*?(?:/>|>.*?</" + p + r":\1\s*>)", "", xmp, flags=re.S)
-    return _MAIN_XMP + xmp.encode("utf-8"), notes
+            if namespace == _DEVICE_NAMESPACE and xmp != before:
+                notes += ("depth_dropped",)
+    return _MAIN_XMP + xmp.encode("utf-8"), tuple(sorted(set(notes)))
 
 
 def without_thumbnail(exif: bytes | None) -> bytes | None:
