@@ -352,9 +352,7 @@ class TorchBackend(Backend):
         """``(B, H, W, 3)`` uint8 host batch -> host outputs, ``corrected_hwc`` ``(B, H, W, 3)``
         (CUDA only)."""
         t = self.torch
-        x = t.from_numpy(images)
-        if self.device == "cuda":  # pinned: the copy runs at full PCIe speed
-            x = x.pin_memory()
+        x = t.from_numpy(images).pin_memory()  # pinned: the copy runs at full PCIe speed
         with self.lock, t.cuda.stream(self.stream):
             out = self.infer_device(x.to(self.device, non_blocking=True), mode_override)
             return {k: v.cpu().numpy() for k, v in out.items()}

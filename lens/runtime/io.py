@@ -305,8 +305,7 @@ def _without_appended_data(payload: bytes) -> tuple[bytes, tuple[str, ...]]:
     for namespace, names in _APPENDED_DATA_PROPERTIES:
         for prefix in set(re.findall(r"xmlns:([\w.-]+)\s*=\s*[\"']" + re.escape(namespace) + "[\"']", xmp)):
             p = re.escape(prefix)
-            video = re.search(p + r":(?:MotionPhoto|MicroVideo)\s*=\s*[\"']1[\"']|<" + p + r":(?:MotionPhoto|MicroVideo)>\s*1\s*<", xmp)
-            if namespace.endswith("/camera/") and video:
+            if namespace.endswith("/camera/") and re.search(p + r":(?:MotionPhoto|MicroVideo)\s*=\s*[\"']1[\"']|<" + p + r":(?:MotionPhoto|MicroVideo)>\s*1\s*<", xmp):
                 notes += ("motion_video_dropped",)
             before = xmp
             xmp = re.sub(r"\s" + p + ":" + names + r"\s*=\s*(?:\"[^\"]*\"|'[^']*')", "", xmp)
