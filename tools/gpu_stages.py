@@ -1,11 +1,11 @@
 """Where `lens run`'s time goes on a GPU with the GPU JPEG codec: one process, same files.
 
-    python tools/gpu_stages.py [N_2048] [N_4000] [--lens-only]   # the stage table, JSON lines
+    python tools/gpu_stages.py [N_2048] [N_4000] [--lens-only | --no-stages]   # the stage table, JSON lines
     python tools/gpu_stages.py --loop SECONDS                    # lens run again and again (for py-spy)
 
 For each size it prints, each a JSON line:
 - ``floor``: nvImageCodec batch decode alone, encode alone (also with 2-4 encoders side by
-  side), and both (no model, no files);
+  side), and both, by one thread and by `GPU_CODEC_THREADS` threads (no model, no files);
 - ``model``: the torch backend alone on a decoded batch (`TorchBackend.run_device`: the graph's
   CUDA-graph replay and the fused warp), its outputs on the host;
 - ``gpu_loop``: decode, graph and encode of each batch in one thread, no files: what lens's GPU
@@ -21,6 +21,7 @@ Needs a CUDA GPU, torch and nvImageCodec (the ``gpu-codecs`` extra).
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import tempfile
 import threading
@@ -30,13 +31,13 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_gpu import make_inputs, stage_means  # noqa: E402
+from bench_gpu import floor_nvimgcodec, make_inputs, stage_means  # noqa: E402
 
 import lens  # noqa: E402
 from lens.runtime.backends import TorchBackend  # noqa: E402
 from lens.runtime.gpu_jpeg import shared_codec  # noqa: E402
 from lens.runtime import pipeline  # noqa: E402
-from lens.runtime.pipeline import RunOptions, run  # noqa: E402
+from lens.runtime.pipeline import GPU_CODEC_THREADS, RunOptions, run  # noqa: E402
 
 # this checkout's default model, whichever version of lens is imported
 CHECKPOINT = Path(__file__).resolve().parents[1] / "lens" / "assets" / "models" / "default" / "checkpoint.pt"
@@ -115,8 +116,10 @@ def profile(fn, top: int = 12) -> dict:
 
 def parallel_encode_rate(decoded: list[list], encoders: int) -> float:
     """Images per second encoding the same batches with ``encoders`` nvImageCodec encoders side
-    by side, each in its thread with its stream (lens encodes with one: whether more would
-    pay, with the encode mostly host time)."""
+    by side, each in its thread with its stream. lens encodes with one: on an H100 two did
+    2224 images/s here against one's 1598 (2048 x 1367), but `lens run` with a pool of two was
+    not faster beyond noise (H100 and H200, 4-8 threads), and its GPU work now goes one batch
+    at a time (`runner.SERIAL_DEVICE_WORK`)."""
     from concurrent.futures import ThreadPoolExecutor
 
     from nvidia import nvimgcodec as nv
@@ -160,6 +163,7 @@ def stages(files: list[Path], backend: TorchBackend, batch: int = 16) -> dict:
             codec.encode(d, 95, after=ready)
 
     out["floor_both"] = rate(n, both)
+    out["floor_both_threaded"] = round(floor_nvimgcodec(files, batch, GPU_CODEC_THREADS), 1)
     out["model"] = rate(n, lambda: [backend.run_device(d, -1, ready) for d, ready in decoded])
 
     def gpu_loop():
@@ -200,15 +204,21 @@ def host_costs(files: list[Path], tmp: Path) -> dict:
     return {"header_cpu_ms": round(header * 1e3 / len(jobs), 3), "write_cpu_ms": round(write * 1e3 / len(jobs), 3)}
 
 
-def lens_rows(src: Path, tmp: Path, backend: TorchBackend, settings: list[tuple[int, int, float]]) -> list[dict]:
-    """`lens run` per (threads, batch, GIL switch interval); the threads as given, above
-    lens's cap for the GPU codec path (`pipeline.GPU_CODEC_THREADS`) too."""
+def lens_rows(src: Path, tmp: Path, backend: TorchBackend, settings: list[tuple[int, int, float, bool | None]]) -> list[dict]:
+    """`lens run` per (threads, batch, GIL switch interval, serial GPU work); the threads as
+    given, above lens's cap for the GPU codec path (`pipeline.GPU_CODEC_THREADS`) too; serial
+    None: `runner.SERIAL_DEVICE_WORK` as it is (the one `run` API that older versions share)."""
+    from lens.runtime import runner
+
     rows = []
     default_switch, default_cap = sys.getswitchinterval(), getattr(pipeline, "GPU_CODEC_THREADS", None)
-    for workers, batch, switch in settings:
+    default_serial = getattr(runner, "SERIAL_DEVICE_WORK", None)
+    for workers, batch, switch, serial in settings:
         options = RunOptions(batch=batch, workers=workers, codec="gpu", refine="off")
         sys.setswitchinterval(switch)
         pipeline.GPU_CODEC_THREADS = workers
+        if serial is not None:
+            runner.SERIAL_DEVICE_WORK = serial
         try:
             run(src, tmp / f"warm{workers}_{batch}", backend, options, {})
             out = tmp / f"lens{workers}_{batch}_{switch}"
@@ -218,14 +228,19 @@ def lens_rows(src: Path, tmp: Path, backend: TorchBackend, settings: list[tuple[
         finally:
             sys.setswitchinterval(default_switch)
             pipeline.GPU_CODEC_THREADS = default_cap
-        rows.append({"workers": workers, "batch": batch, "switch_ms": switch * 1e3, "images_per_s": summary["throughput"]["images_per_s"],
+            runner.SERIAL_DEVICE_WORK = default_serial
+        rows.append({"workers": workers, "batch": batch, "switch_ms": switch * 1e3, "serial": serial, "images_per_s": summary["throughput"]["images_per_s"],
                      "cores_busy": round(cores, 2), "stages_ms": stage_means(out)})
+        # ~0.7 GB of outputs a row: kept, they would pile up in the page cache across the rows
+        shutil.rmtree(out)
+        shutil.rmtree(tmp / f"warm{workers}_{batch}")
     return rows
 
 
-def main(n_small: int = 192, n_large: int = 48, lens_only: bool = False) -> None:
+def main(n_small: int = 192, n_large: int = 48, lens_only: bool = False, no_stages: bool = False) -> None:
     """``lens_only``: the ``lens`` rows alone, with the `run` API that older versions share
-    (to compare two versions of lens, each run in a process of its own, same files)."""
+    (to compare two versions of lens, each run in a process of its own, same files);
+    ``no_stages``: this version's ``lens`` rows alone."""
     assert torch.cuda.is_available(), "gpu_stages needs a CUDA GPU"
     backend = TorchBackend(CHECKPOINT, "cuda")
     print(json.dumps({"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__, "lens": str(Path(lens.__file__).parent)}), flush=True)
@@ -233,9 +248,12 @@ def main(n_small: int = 192, n_large: int = 48, lens_only: bool = False) -> None
         for (w, h), n in (((2048, 1367), n_small), ((4000, 3000), n_large)):
             src = Path(tmp) / f"in{w}"
             files = make_inputs(src, n, (w, h), 14)
-            if not lens_only:
+            if not (lens_only or no_stages):
                 print(json.dumps({"size": f"{w}x{h}", "images": n, **stages(files, backend), **host_costs(files, Path(tmp) / f"host{w}")}), flush=True)
-            settings = [(4, 16, 0.005), (2, 16, 0.005), (3, 16, 0.005), (6, 16, 0.005), (14, 16, 0.005), (4, 32, 0.005), (4, 8, 0.005)]
+            if lens_only:
+                settings = [(4, 16, 0.005, None), (8, 16, 0.005, None)]
+            else:  # the GPU work one batch at a time or not, by GIL switch interval; each order twice
+                settings = [(4, 16, switch, serial) for _ in range(2) for switch in (0.005, 0.0005) for serial in (True, False)]
             for row in lens_rows(src, Path(tmp) / f"runs{w}", backend, settings):
                 print(json.dumps({"size": f"{w}x{h}", **row}), flush=True)
 
@@ -258,5 +276,5 @@ if __name__ == "__main__":
     if sys.argv[1:2] == ["--loop"]:
         loop(float(sys.argv[2]))
     else:
-        args = [a for a in sys.argv[1:] if a != "--lens-only"]
-        main(*(int(a) for a in args[:2]), lens_only="--lens-only" in sys.argv)
+        args = [a for a in sys.argv[1:] if not a.startswith("--")]
+        main(*(int(a) for a in args[:2]), lens_only="--lens-only" in sys.argv, no_stages="--no-stages" in sys.argv)

@@ -92,9 +92,11 @@ class GpuJpegCodec:
         stream = self.encode_stream
         if after is not None:
             stream.wait_event(after)
+        with self.torch.cuda.stream(stream):  # a copy made contiguous here is ordered after ``after``
+            images = [t if t.is_contiguous() else t.contiguous() for t in images]
         for t in images:  # the allocator must not hand their memory to another stream's work before the encode has read it
             t.record_stream(stream)
-        wrapped = [nv.as_image(t if t.is_contiguous() else t.contiguous(), cuda_stream=stream.cuda_stream) for t in images]
+        wrapped = [nv.as_image(t, cuda_stream=stream.cuda_stream) for t in images]
         with self.encode_lock:
             streams = self.encoder.encode(wrapped, "jpeg", params=params, cuda_stream=stream.cuda_stream)
         if any(s is None for s in streams):
