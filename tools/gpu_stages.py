@@ -13,8 +13,9 @@ For each size it prints, each a JSON line:
   and the share of its wall time in which the GPU ran any (torch's profiler);
 - ``gil``: the share of a call's wall time during which another Python thread ran (1: the call
   releases the GIL while it waits; 0: it holds it);
-- ``lens``: `lens run` end to end per ``--workers`` / ``--batch``, with the cores its process
-  kept busy (CPU time over wall time) and its mean per-image stage times.
+- ``lens``: `lens run` end to end with the GPU work one batch at a time
+  (`runner.SERIAL_DEVICE_WORK`) and not, by GIL switch interval, each twice, with the cores
+  its process kept busy (CPU time over wall time) and its mean per-image stage times.
 
 Needs a CUDA GPU, torch and nvImageCodec (the ``gpu-codecs`` extra).
 """
