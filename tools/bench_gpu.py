@@ -8,10 +8,10 @@ files, same process (issue bars: >= 20x the naive loop, >= 0.5x the decode + enc
 - floors: batch GPU decode + encode of the same files with no model, no warp and no file
   writes, what a GPU pipeline cannot beat: nvImageCodec at lens's output settings (quality 95,
   4:4:4), by one thread and by as many threads as lens's GPU codec path (the bar is taken
-  against the higher of the two), and torchvision's nvJPEG (quality 95,
-  its default 4:2:0 chroma, which lens does not write); then lens and the nvImageCodec floors
-  again in turn, three rounds, and the median of their per-round ratios (the floor alone moved
-  by up to 2x between processes);
+  against the higher of the two), and torchvision's nvJPEG (quality 95, its default 4:2:0
+  chroma, which lens does not write); then lens and the nvImageCodec floors again in turn,
+  three rounds, and the median of their per-round ratios (the floor alone moved by up to 2x
+  between processes);
 - lens: the `lens run` pipeline with the torch backend on CUDA, with the GPU JPEG codec
   (`--codec gpu`, batch 16; of the WORKERS threads it uses `pipeline.GPU_CODEC_THREADS`) and
   with CPU codecs (`--codec cpu`, batch 8), plus the mean

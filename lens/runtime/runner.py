@@ -111,8 +111,9 @@ def fit_lines_checked(pixels: np.ndarray, params: np.ndarray, thresholds: Safety
 # worker thread holds the batch, while the other threads read headers and write files. Measured
 # with tools/gpu_stages.py (H200, 4 threads, batch 16, same process): at 2048 x 1367 `lens run`
 # was faster this way in 4 of 4 pairs (e.g. 738 against 631 images/s), at 4000 x 3000 within
-# noise (~230 both). nvImageCodec called from four threads at once had run slower than from one
-# on an H100 (decode + encode of 2048 x 1367: 994 against 1806 images/s).
+# noise (~230 both). nvImageCodec's decode + encode alone, from four threads at once against one
+# (tools/bench_gpu.py, 2048 x 1367): 994 against 1806 images/s on an H100, 1777 against 1745
+# and 1146 against 1088 on an H200: several callers gain it little and can cost it much.
 SERIAL_DEVICE_WORK = True
 
 
