@@ -213,6 +213,8 @@ def _bad_inputs(folder: Path) -> dict[str, str]:
     rgba = np.dstack([base, np.full(base.shape[:2], 200, np.uint8)])
     Image.fromarray(rgba, "RGBA").save(folder / "alpha.png")
     expect["alpha"] = "ok"
+    Image.fromarray(rgba, "RGBA").save(folder / "cutout.tif")  # written as a JPEG: no alpha there
+    expect["cutout"] = "ok"
     exif = Image.Exif()
     exif[0x0112] = 6
     Image.fromarray(base).save(folder / "rotated.jpg", exif=exif.tobytes())
@@ -265,18 +267,48 @@ def test_bad_input_never_stops_the_run(tmp_path):
             assert f"{image_id}." in result.output  # named on the console
     with Image.open(out / "grey.png") as g:
         assert g.mode == "L"
+    with Image.open(out / "alpha.png") as a:  # a PNG keeps its alpha, warped with its colour
+        assert a.mode == "RGBA" and np.median(np.asarray(a)[..., 3]) == 200
     with Image.open(out / "rotated.jpg") as r:
         assert r.getexif()[0x0112] == 6
     summary = json.loads((out / "lens-run" / "summary.json").read_text())
     assert {f["id"] for f in summary["failed"]} == {k for k, v in expect.items() if v != "ok"}
     assert not list(out.glob(".*.part"))
     # what an output could not keep is said per image, counted, and named on the console
-    notes = {"alpha": ["alpha_dropped"], "sixteen": ["depth_reduced"], "phone": ["frames_dropped"], "pages": ["frames_dropped"]}
+    notes = {"cutout": ["alpha_dropped"], "sixteen": ["depth_reduced"], "phone": ["frames_dropped"], "pages": ["frames_dropped"]}
     assert {i: r["notes"] for i, r in records.items() if r["status"] == "ok" and r["notes"]} == notes
     assert summary["notes"] == {"alpha_dropped": 1, "depth_reduced": 1, "frames_dropped": 2}
     assert "images after the first (2 frames_dropped)" in result.output
     with Image.open(out / "phone.jpg") as p:
         assert p.format == "JPEG" and p.size == (256, 171)
+
+
+def test_a_cut_out_png_keeps_its_transparency_without_fringes(tmp_path, photos):
+    """A product cut-out: an opaque object on a transparent background whose hidden colour is
+    green. The corrected PNG keeps its alpha, moved with the object, and its soft edges take the
+    object's colour: warped straight, the hidden green bled into every edge pixel."""
+    rgb = np.asarray(Image.open(photos / "p00.jpg").convert("RGB"))
+    height, width = rgb.shape[:2]
+    cutout = np.zeros((height, width, 4), np.uint8)
+    cutout[..., 1] = 255  # the colour under the transparent background
+    top, left = height // 4, width // 4
+    cutout[top : 3 * top, left : 3 * left] = (255, 0, 0, 255)  # the object: opaque red
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray(cutout, "RGBA").save(folder / "product.png")
+    result = _run(folder, tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "out" / "lens-run" / "images.jsonl").read_text())
+    assert record["notes"] == []
+    with Image.open(tmp_path / "out" / "product.png") as out:
+        assert out.mode == "RGBA" and out.size == (width, height)
+        pixels = np.asarray(out)
+    alpha = pixels[..., 3]
+    edge = (alpha > 0) & (alpha < 255)
+    assert edge.sum() > 100  # the warp moved the object by fractions of a pixel: soft edges exist
+    assert pixels[..., 1][alpha >= 8].max() <= 2  # no green in the object or its edges
+    assert (pixels[..., 0][alpha == 255] == 255).all()
+    assert 0.15 < (alpha > 0).mean() < 0.4  # the object, a quarter of the frame, moved not lost
 
 
 def test_a_fault_no_check_foresaw_fails_that_photo_and_the_run_goes_on(tmp_path, photos, monkeypatch):

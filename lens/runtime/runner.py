@@ -134,7 +134,8 @@ class Runner:
         self.t = thresholds
         self.has_residual = has_residual
 
-    def _record(self, job: Job, out: dict[str, np.ndarray], i: int, displacement: float | None, refined: Refinement | None = None) -> dict:
+    def _record(self, job: Job, out: dict[str, np.ndarray], i: int, displacement: float | None, refined: Refinement | None = None,
+                alpha_kept: bool = False) -> dict:
         if "mode" in out:
             mode = int(out["mode"][i])
             safety = {m: dict(zip(SAFETY_STATS, map(float, out["safety"][i][k]))) for k, m in enumerate(MODES)}
@@ -154,7 +155,8 @@ class Runner:
                 mode = 1
                 safety["param_only"] = refined.safety
         unsafe = violations(safety[MODES[mode]], self.t, check_residual=mode == 0)
-        notes = (["alpha_dropped"] if job.image.pixels is not None and job.image.pixels.shape[2] == 4 else []) + list(job.image.notes)
+        alpha_dropped = job.image.pixels is not None and job.image.pixels.shape[2] == 4 and not alpha_kept
+        notes = (["alpha_dropped"] if alpha_dropped else []) + list(job.image.notes)
         return {
             "id": job.image_id, "source": str(job.source), "source_stat": job.source_stat, "output": str(job.output), "status": "ok", "error": None,
             "size": [job.image.width, job.image.height], "mode": MODES[mode],
@@ -189,17 +191,21 @@ class Runner:
         if refined is None and self.line_fits is not None:
             refined = self._refine(job, out["params"][i])
         t = time.perf_counter()
+        # OpenCV samples here the maps a CPU graph or a line fit gave: a PNG keeps its alpha,
+        # warped with its colour (a graph that samples itself takes RGB only)
+        keep_alpha = job.image.pixels.shape[2] == 4 and output_format(job.output) == "PNG"
+        source = job.image.pixels if keep_alpha else _rgb(job)
         if refined is not None and refined.applied:  # the fitted lens's warp replaces the graph's
-            warped = warp_with_maps(_rgb(job), *refined.maps)
+            warped = warp_with_maps(source, *refined.maps)
             displacement = _max_displacement(*refined.maps)
         elif "lattice" in out:
             maps = maps_from_lattice(out["lattice"][i][0], out["lattice"][i][1], job.image.height, job.image.width)
-            warped = warp_with_maps(_rgb(job), *maps)
+            warped = warp_with_maps(source, *maps)
             displacement = _max_displacement(*maps)
         elif "corrected_hwc" in out:
-            warped, displacement = out["corrected_hwc"][i], None
+            warped, displacement, keep_alpha = out["corrected_hwc"][i], None, False
         else:
-            warped, displacement = np.ascontiguousarray(out["corrected"][i].transpose(1, 2, 0)), None
+            warped, displacement, keep_alpha = np.ascontiguousarray(out["corrected"][i].transpose(1, 2, 0)), None, False
         if job.image.pixels.shape[2] == 1:  # greyscale in, greyscale out
             warped = warped[..., :1]
         job.timings["warp_ms"] = (time.perf_counter() - t) * 1e3
@@ -208,7 +214,7 @@ class Runner:
         data = encode_image(result, output_format(job.output), self.options.quality)
         write_atomic(job.output, data)
         job.timings["encode_ms"] = (time.perf_counter() - t) * 1e3
-        record = self._record(job, out, i, displacement, refined)
+        record = self._record(job, out, i, displacement, refined, alpha_kept=keep_alpha)
         job.image = None  # free the pixels as soon as the file is written
         return record
 
