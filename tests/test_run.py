@@ -850,6 +850,30 @@ def test_cpu_sampling_path_matches_the_graphs_gridsample(width):
         assert (inner > 1).mean() <= 0.001, (name, mode, (inner > 1).mean(), inner.max())
 
 
+@pytest.mark.parametrize("size", [(2048, 1367), (1001, 667), (37, 5)])
+def test_rgb_warps_are_opencvs_three_channel_remap_to_the_byte(size):
+    """`sampling.remap` pads RGB to 4 channels for OpenCV's faster path: every pixel must come out
+    as a plain 3-channel ``cv2.remap`` samples it (float and fixed-point maps, samples outside
+    the photo, widths that are no multiple of a vector, a view of an RGBA photo's colour)."""
+    from lens.runtime.sampling import grid_to_maps, remap
+
+    width, height = size
+    rng = np.random.default_rng(width)
+    rgba = rng.integers(0, 256, (height, width, 4), dtype=np.uint8)
+    rgba[: height // 2, : width // 2, :3] = _small("rocket.jpg", width)[: height // 2, : width // 2]
+    u, v = np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
+    map_x = (u - width / 2) * np.float32(1.07) + width / 2 + np.float32(0.37) * np.sin(v / 9)  # some samples fall outside
+    map_y = (v - height / 2) * np.float32(1.05) + height / 2 + np.float32(0.29) * np.cos(u / 7)
+    grid = np.stack([map_x / (width - 1) * 2 - 1, map_y / (height - 1) * 2 - 1], axis=-1)
+    for maps in ((map_x, map_y), grid_to_maps(grid)):
+        for pixels in (np.ascontiguousarray(rgba[..., :3]), rgba[..., :3]):
+            expected = cv2.remap(np.ascontiguousarray(pixels), maps[0], maps[1], interpolation=cv2.INTER_LINEAR,
+                                 borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+            got = remap(pixels, maps)
+            assert got.shape == expected.shape and got.dtype == np.uint8
+            assert np.array_equal(got, expected), (size, maps[0].dtype, np.abs(got.astype(int) - expected).max())
+
+
 def test_codec_choice_is_said_and_gpu_codec_refused_without_a_gpu_backend(tmp_path, photos):
     result = _run(photos, tmp_path / "out")
     assert "codec: cpu (onnxruntime on cpu takes host images)" in result.output

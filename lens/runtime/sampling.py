@@ -32,6 +32,15 @@ def remap(pixels: np.ndarray, maps: tuple[np.ndarray, np.ndarray]) -> np.ndarray
     transparent, for RGBA: `_remap_premultiplied`)."""
     if pixels.ndim == 3 and pixels.shape[2] == 4:
         return _remap_premultiplied(pixels, *maps)
+    if pixels.ndim == 3 and pixels.shape[2] == 3:
+        # OpenCV's vectorised bilinear remap takes 4-channel 8-bit images; 3 channels go a
+        # generic way. Padded to 4 and back, the same bytes come out (tests/test_run.py) in
+        # less time: a 2048 x 1367 photo with float maps, one thread, OpenCV 5.0: 8.7 against
+        # 21 ms for the remap alone; padding, remap and unpadding 0.64-0.66x the plain remap's
+        # time (medians of 20 interleaved calls, 1 and 2 threads). OpenCV 4.14: 16 against 20 ms.
+        padded = cv2.remap(cv2.cvtColor(pixels, cv2.COLOR_RGB2RGBA), maps[0], maps[1], interpolation=cv2.INTER_LINEAR,
+                           borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        return cv2.cvtColor(padded, cv2.COLOR_RGBA2RGB)
     out = cv2.remap(pixels, maps[0], maps[1], interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
     return out[..., None] if out.ndim == 2 else out
 
