@@ -141,10 +141,11 @@ def edge_chains(work: WorkImage) -> _Chains:
     """Canny edges of a working image, linked into chains."""
     scale = work.scale_x
     small = cv2.GaussianBlur(work.pixels, (0, 0), BLUR_SIGMA)
-    # int16 gradients: what Canny takes, exact for 8-bit input; the magnitude is computed only
-    # where it is read (a full-image one cost as much as the Sobel filters)
-    gx = cv2.Sobel(small, cv2.CV_16S, 1, 0, ksize=3)
-    gy = cv2.Sobel(small, cv2.CV_16S, 0, 1, ksize=3)
+    # int16 3x3 Sobel gradients: what Canny takes, exact for 8-bit input; both in one pass
+    # (spatialGradient: the same values as two cv2.Sobel calls, ~0.4 of their ~2 ms less at
+    # 1024 x 683). The magnitude is computed only where it is read (a full-image one cost as
+    # much as the gradients)
+    gx, gy = cv2.spatialGradient(small)
     # thresholds follow the photo's contrast: a faint grid and a high-contrast facade alike
     # numpy's sqrt, not cv2.magnitude: OpenCV 5.0's gives results 1 ulp apart from one call to
     # the next on the same input (96 of 200 calls), and this threshold decides Canny's edges
