@@ -192,9 +192,10 @@ class Runner:
             refined = self._refine(job, out["params"][i])
         t = time.perf_counter()
         # OpenCV samples here the maps a CPU graph or a line fit gave: a PNG keeps its alpha,
-        # warped with its colour (a graph that samples itself takes RGB only)
+        # warped with its colour, and greyscale is warped as its one channel (a graph that
+        # samples itself takes RGB only)
         keep_alpha = job.image.pixels.shape[2] == 4 and output_format(job.output) == "PNG"
-        source = job.image.pixels if keep_alpha else _rgb(job)
+        source = job.image.pixels if keep_alpha or job.image.pixels.shape[2] == 1 else _rgb(job)
         if refined is not None and refined.applied:  # the fitted lens's warp replaces the graph's
             warped = warp_with_maps(source, *refined.maps)
             displacement = _max_displacement(*refined.maps)
