@@ -1,12 +1,15 @@
 """Every kind of input file is decoded or refused with a reason; writes are atomic."""
 import io
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from lens.runtime import io as lio
+
+SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 
 
 def _save(path, img, **kw):
@@ -56,6 +59,33 @@ def test_truncated_and_non_images_name_the_reason(tmp_path):
         lio.read_image(tmp_path / "z.jpg")
     with pytest.raises(lio.ImageReadError, match="n.jpg: not a readable image"):
         lio.read_image(tmp_path / "n.jpg")
+
+
+def _scan_cut(data: bytes, length: int = 200) -> bytes:
+    """A JPEG with ``length`` bytes cut out of the middle of its compressed data, its end marker
+    kept (a damaged copy or transfer)."""
+    middle = (data.index(b"\xff\xda") + len(data)) // 2
+    return data[:middle] + data[middle + length :]
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+def test_damaged_jpeg_data_is_refused_and_stray_bytes_are_not(tmp_path, mode):
+    # libjpeg decodes a JPEG whose data breaks off with its bottom grey and only warns; OpenCV
+    # printed that warning, unattributed, and the grey photo was corrected as "ok"
+    photo = np.asarray(Image.open(SAMPLES / "rocket.jpg").convert(mode).resize((256, 171)))
+    good = _save(tmp_path / "good.jpg", Image.fromarray(photo), quality=90)
+    data = good.read_bytes()
+    (tmp_path / "damaged.jpg").write_bytes(_scan_cut(data))
+    with pytest.raises(lio.ImageReadError, match=r"damaged.jpg: corrupt JPEG data: premature end of data segment \(libjpeg\): part of the image"):
+        lio.read_image(tmp_path / "damaged.jpg")
+    # stray bytes before the end marker (some cameras write them) make libjpeg warn too, but
+    # the pixels are whole: the same as the clean file's
+    (tmp_path / "stray.jpg").write_bytes(data[:-2] + bytes(7) + data[-2:])
+    assert np.array_equal(lio.read_image(tmp_path / "stray.jpg").pixels, lio.read_image(good).pixels)
+    # ... and before a header segment, where TurboJPEG refuses the file: OpenCV decodes it
+    table = data.index(b"\xff\xc4")
+    (tmp_path / "stray_header.jpg").write_bytes(data[:table] + bytes(5) + data[table:])
+    assert np.array_equal(lio.read_image(tmp_path / "stray_header.jpg").pixels, lio.read_image(good).pixels)
 
 
 def test_huge_and_tiny_images_are_refused(tmp_path, monkeypatch):

@@ -199,6 +199,10 @@ def _bad_inputs(folder: Path) -> dict[str, str]:
     data = (folder / "full.jpg").read_bytes()
     (folder / "truncated.jpg").write_bytes(data[: len(data) // 2])
     expect["truncated"] = "truncated"
+    # bytes cut out of the compressed data, the end marker kept: libjpeg makes the rest grey
+    middle = (data.index(b"\xff\xda") + len(data)) // 2
+    (folder / "damaged.jpg").write_bytes(data[:middle] + data[middle + 200 :])
+    expect["damaged"] = "corrupt JPEG data: premature end of data segment"
     expect["full"] = "ok"
     (folder / "text.jpg").write_text("definitely not a JPEG")
     expect["text"] = "not a readable image"

@@ -13,11 +13,12 @@
 # "small"), with FROM_STAGE naming it; a stage's first call carries its parent's best.pt
 # instead (a resumed stage needs only its own folder). Earlier stages are finished and stay
 # here. The first call starts the run, so it carries nvImageCodec's wheels (`.whl`, 28 MB) for
-# the benchmark's GPU codec rows and the GPU tests instead. `.whl` is git-ignored, so a fresh
+# the benchmark's GPU codec rows and the GPU tests instead (and simplejpeg, a base dependency
+# the device's Python lacks). `.whl` is git-ignored, so a fresh
 # checkout has none; make it first (the device's Python is 3.12; checked 2026-11-27):
 #   python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
 #     --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
-#     --platform manylinux2014_x86_64 -d .whl nvidia-nvimgcodec-cu13==0.9.0.20 nvidia-nvjpeg
+#     --platform manylinux2014_x86_64 -d .whl nvidia-nvimgcodec-cu13==0.9.0.20 nvidia-nvjpeg simplejpeg
 # Then:
 #   run(command="python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir
 #       --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site &&
