@@ -179,9 +179,11 @@ def _icc_of_pixels(icc: bytes | None, channels: int) -> tuple[bytes | None, tupl
 
 # libjpeg's warnings (jerror.h) that mean the pixels are not the photo's: the compressed data
 # broke or ended before the last block, and libjpeg filled the rest with grey (or garbage
-# after a bad code) and returned the image as if whole. Its other warnings (stray bytes between
-# segments, which some cameras write before the end marker; a bad ICC marker; an unknown JFIF
-# version) leave the pixels whole.
+# after a bad code) and returned the image as if whole. Its other warnings decode: "N
+# extraneous bytes before marker" is what DJI drones' photos (real-estate aerials), some
+# scanners and IP cameras give, whole and shown by every viewer; a bad ICC marker or an unknown
+# JFIF version leave the pixels whole too. A byte flipped inside the data can end a scan
+# early with that same warning and garbled pixels: the price of not refusing those photos.
 _JPEG_DAMAGE = ("premature end of data segment", "bad huffman code", "bad arithmetic code", "instead of rst", "premature end of jpeg file")
 
 
