@@ -68,12 +68,12 @@ def _scan_cut(data: bytes, length: int = 200) -> bytes:
     return data[:middle] + data[middle + length :]
 
 
-@pytest.mark.parametrize("mode", ["RGB", "L"])
+@pytest.mark.parametrize("mode", ["RGB", "L", "CMYK"])
 def test_damaged_jpeg_data_is_refused_and_stray_bytes_are_not(tmp_path, mode):
     # libjpeg decodes a JPEG whose data breaks off with its bottom grey and only warns; OpenCV
     # printed that warning, unattributed, and the grey photo was corrected as "ok"
-    photo = np.asarray(Image.open(SAMPLES / "rocket.jpg").convert(mode).resize((256, 171)))
-    good = _save(tmp_path / "good.jpg", Image.fromarray(photo), quality=90)
+    photo = Image.open(SAMPLES / "rocket.jpg").convert(mode).resize((256, 171))
+    good = _save(tmp_path / "good.jpg", photo, quality=90)
     data = good.read_bytes()
     (tmp_path / "damaged.jpg").write_bytes(_scan_cut(data))
     with pytest.raises(lio.ImageReadError, match=r"damaged.jpg: corrupt JPEG data: premature end of data segment \(libjpeg\): part of the image"):

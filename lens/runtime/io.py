@@ -191,17 +191,16 @@ class DamagedJpeg(ValueError):
     """A JPEG whose compressed data is damaged: part of its image would be grey or garbage."""
 
 
-def _decode_jpeg(data: bytes, grey: bool) -> np.ndarray | None:
-    """An 8-bit RGB or greyscale JPEG's pixels by libjpeg-turbo through simplejpeg, which says
-    when the data is damaged, where OpenCV's decoder prints libjpeg's warning to stderr,
-    unattributed, and returns the grey rows. The same pixels as OpenCV's, in 0.74x its time
+def _decode_jpeg(data: bytes, colorspace: str) -> np.ndarray | None:
+    """A JPEG's pixels in ``colorspace`` (simplejpeg's: RGB, GRAY, CMYK) by libjpeg-turbo
+    through simplejpeg, which says when the data is damaged, where OpenCV's decoder prints
+    libjpeg's warning to stderr, unattributed, and returns the grey rows (Pillow's says nothing). The same pixels as OpenCV's, in 0.74x its time
     (the CPU bench's 48 photos at 2048 x 1367, 5 interleaved rounds). Of 60 fuzzed copies of
     the sample photos (bytes flipped, cut or spliced out), OpenCV decoded 25 without an error,
     21 of them damaged. Raises `DamagedJpeg`; None where TurboJPEG refuses the header (OpenCV
     decodes those as before)."""
     import simplejpeg  # here: a training run on a machine without it never decodes a JPEG
 
-    colorspace = "GRAY" if grey else "RGB"
     try:
         return simplejpeg.decode_jpeg(data, colorspace, strict=True)
     except ValueError as exc:
@@ -218,14 +217,21 @@ def _fast_decode(path: Path, fmt: str | None, mode: str) -> np.ndarray | None:
     """libjpeg-turbo / OpenCV decode of 8-bit RGB / L JPEG and PNG; None where Pillow must do
     it. A JPEG that does not end in its EOI marker goes to Pillow, which reports truncation
     instead of returning grey rows as libjpeg does; one whose data is damaged before it raises
-    `DamagedJpeg` (`_decode_jpeg`)."""
+    `DamagedJpeg` (`_decode_jpeg`). A CMYK JPEG is checked the same way, then left to Pillow
+    (which reads Adobe's inverted CMYK and converts it), so it costs a second decode: CMYK
+    JPEGs come from print workflows, not cameras."""
+    if fmt in JPEG_FORMATS and mode == "CMYK":
+        data = np.fromfile(path, dtype=np.uint8)
+        if (data[-2:] == (0xFF, 0xD9)).all():
+            _decode_jpeg(data, "CMYK")
+        return None
     if fmt not in (*JPEG_FORMATS, "PNG") or mode not in ("RGB", "L"):
         return None
     data = np.fromfile(path, dtype=np.uint8)
     if fmt in JPEG_FORMATS and not (data[-2:] == (0xFF, 0xD9)).all():
         return None
     if fmt in JPEG_FORMATS:
-        pixels = _decode_jpeg(data, mode == "L")
+        pixels = _decode_jpeg(data, "GRAY" if mode == "L" else "RGB")
         if pixels is not None:
             return pixels
     # OpenCV >= 4.10 decodes straight to RGB: the same bytes as BGR + cvtColor, ~2-3 ms less
