@@ -78,6 +78,18 @@ def test_damaged_jpeg_data_is_refused_and_stray_bytes_are_not(tmp_path, mode):
     (tmp_path / "damaged.jpg").write_bytes(_scan_cut(data))
     with pytest.raises(lio.ImageReadError, match=r"damaged.jpg: corrupt JPEG data: premature end of data segment \(libjpeg\): part of the image"):
         lio.read_image(tmp_path / "damaged.jpg")
+    # a phone's Motion Photo: its video after the JPEG's end marker is not read, and the JPEG
+    # is checked all the same
+    video = b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 8
+    (tmp_path / "motion.jpg").write_bytes(data + video)
+    assert np.array_equal(lio.read_image(tmp_path / "motion.jpg").pixels, lio.read_image(good).pixels)
+    (tmp_path / "damaged_motion.jpg").write_bytes(_scan_cut(data) + video)
+    with pytest.raises(lio.ImageReadError, match="damaged_motion.jpg: corrupt JPEG data"):
+        lio.read_image(tmp_path / "damaged_motion.jpg")
+    # cut short in its compressed data (the usual broken download), with or without the video
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) - 300])
+    with pytest.raises(lio.ImageReadError, match=r"cut.jpg: truncated JPEG: premature end of JPEG file \(libjpeg\)"):
+        lio.read_image(tmp_path / "cut.jpg")
     # stray bytes before the end marker (some cameras write them) make libjpeg warn too, but
     # the pixels are whole: the same as the clean file's
     (tmp_path / "stray.jpg").write_bytes(data[:-2] + bytes(7) + data[-2:])

@@ -184,7 +184,7 @@ def _icc_of_pixels(icc: bytes | None, channels: int) -> tuple[bytes | None, tupl
 # scanners and IP cameras give, whole and shown by every viewer; a bad ICC marker or an unknown
 # JFIF version leave the pixels whole too. A byte flipped inside the data can end a scan
 # early with that same warning and garbled pixels: the price of not refusing those photos.
-_JPEG_DAMAGE = ("premature end of data segment", "bad huffman code", "bad arithmetic code", "instead of rst", "premature end of jpeg file")
+_JPEG_DAMAGE = ("premature end of data segment", "bad huffman code", "bad arithmetic code", "instead of rst")
 
 
 class DamagedJpeg(ValueError):
@@ -205,8 +205,10 @@ def _decode_jpeg(data: bytes, colorspace: str) -> np.ndarray | None:
         return simplejpeg.decode_jpeg(data, colorspace, strict=True)
     except ValueError as exc:
         text = " ".join(str(exc).split())
+        if "premature end of jpeg file" in text.lower():
+            raise DamagedJpeg(f"truncated JPEG: {text[0].lower() + text[1:]} (libjpeg): the end of the image is missing") from None
         if any(d in text.lower() for d in _JPEG_DAMAGE):
-            raise DamagedJpeg(text[0].lower() + text[1:]) from None
+            raise DamagedJpeg(f"{text[0].lower() + text[1:]} (libjpeg): part of the image would come out grey or garbled") from None
     try:  # a harmless warning
         return simplejpeg.decode_jpeg(data, colorspace, strict=False)
     except ValueError:  # refused while reading the header (stray bytes there, unusual sampling factors)
@@ -215,21 +217,16 @@ def _decode_jpeg(data: bytes, colorspace: str) -> np.ndarray | None:
 
 def _fast_decode(path: Path, fmt: str | None, mode: str) -> np.ndarray | None:
     """libjpeg-turbo / OpenCV decode of 8-bit RGB / L JPEG and PNG; None where Pillow must do
-    it. A JPEG that does not end in its EOI marker goes to Pillow, which reports truncation
-    instead of returning grey rows as libjpeg does; one whose data is damaged before it raises
-    `DamagedJpeg` (`_decode_jpeg`). A CMYK JPEG is checked the same way, then left to Pillow
+    it. A JPEG whose data is damaged or cut short raises `DamagedJpeg` (`_decode_jpeg`); data
+    after its end marker (a phone's Motion Photo video) is not read. A CMYK JPEG is checked the same way, then left to Pillow
     (which reads Adobe's inverted CMYK and converts it), so it costs a second decode: CMYK
     JPEGs come from print workflows, not cameras."""
     if fmt in JPEG_FORMATS and mode == "CMYK":
-        data = np.fromfile(path, dtype=np.uint8)
-        if (data[-2:] == (0xFF, 0xD9)).all():
-            _decode_jpeg(data, "CMYK")
+        _decode_jpeg(np.fromfile(path, dtype=np.uint8), "CMYK")
         return None
     if fmt not in (*JPEG_FORMATS, "PNG") or mode not in ("RGB", "L"):
         return None
     data = np.fromfile(path, dtype=np.uint8)
-    if fmt in JPEG_FORMATS and not (data[-2:] == (0xFF, 0xD9)).all():
-        return None
     if fmt in JPEG_FORMATS:
         pixels = _decode_jpeg(data, "GRAY" if mode == "L" else "RGB")
         if pixels is not None:
@@ -299,7 +296,7 @@ def read_image(path: str | os.PathLike, keep_jpeg: bool = False, draft: tuple[in
     except UnsupportedPixels as exc:
         raise ImageReadError(path, f"unsupported image: {exc}") from None
     except DamagedJpeg as exc:
-        raise ImageReadError(path, f"{exc} (libjpeg): part of the image would come out grey or garbled") from None
+        raise ImageReadError(path, str(exc)) from None
     except (OSError, ValueError, SyntaxError) as exc:
         raise ImageReadError(path, f"corrupt or truncated image: {exc}") from None
     except MemoryError:
