@@ -112,16 +112,21 @@ def test_qa_and_strict_package_name_missing_wrong_size_and_corrupt_files(tmp_pat
     cv2.imwrite(str(pred / "img1.jpg"), img[:-10])  # wrong size
     data = (pred / "img2.jpg").read_bytes()
     (pred / "img2.jpg").write_bytes(data[: len(data) // 3])  # corrupt
+    # damaged in its compressed data, its end marker intact: it decodes with a grey bottom
+    data = (pred / "img3.jpg").read_bytes()
+    middle = (data.index(b"\xff\xda") + len(data)) // 2
+    (pred / "img3.jpg").write_bytes(data[:middle] + data[middle + 200 :])
     result = runner.invoke(app, ["qa", str(pred), "--inputs", str(inputs), "--no-require-metadata", "--json", str(tmp_path / "qa.json")])
     assert result.exit_code == 1
     out = result.output
     assert re.search(r"img0\.jpg: missing", out)
     assert re.search(r"img1\.jpg: size_mismatch", out)
     assert re.search(r"img2\.jpg: does_not_decode", out)
+    assert re.search(r"img3\.jpg: does_not_decode: corrupt JPEG data", out)
     zip_path = tmp_path / "submission.zip"
     result = runner.invoke(app, ["package", str(pred), "--out", str(zip_path), "--inputs", str(inputs), "--strict"])
     assert result.exit_code == 1
-    for name in ("img0.jpg", "img1.jpg", "img2.jpg"):
+    for name in ("img0.jpg", "img1.jpg", "img2.jpg", "img3.jpg"):
         assert name in result.output
     assert "nothing was packaged" in result.output
     assert not zip_path.exists()
