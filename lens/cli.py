@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
@@ -48,6 +49,13 @@ def main(
 ) -> None:
     """Automatic lens-distortion correction: predict, export, run, check and package."""
     from lens.runtime.onnxruntime_install import conflict_message
+
+    # Pillow warns while opening a JPEG whose EXIF block it cannot parse ("Tag data larger than
+    # file", "Truncated File Read": it reads the block for the DPI), naming neither the file nor
+    # anything lens does with it: lens copies the block as it is, and names every file it cannot
+    # read. Over a folder of edited photos that was a screen of noise. Set here, for the
+    # process the CLI owns, not in the library: catch_warnings is not thread-safe.
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
 
     problem = conflict_message()
     if problem:

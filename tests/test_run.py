@@ -812,6 +812,26 @@ def test_runtime_needs_no_torch(tmp_path, photos):
     assert len(list((tmp_path / "out").glob("*.jpg"))) == 9
 
 
+def test_a_photo_with_a_damaged_exif_block_is_corrected_quietly_with_the_block_copied(tmp_path):
+    """Pillow warned, unattributed, of EXIF it could not parse as it opened such a JPEG."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    exif[0x010F] = "Canon"
+    Image.fromarray(_small("rocket.jpg", 256)).save(folder / "edited.jpg", exif=exif.tobytes())
+    data = bytearray((folder / "edited.jpg").read_bytes())
+    app1 = data.index(b"\xff\xe1")
+    data[app1 + 4 + 6 + 8 + 2 + 8 : app1 + 4 + 6 + 8 + 2 + 12] = b"\xff\xff\x00\x00"  # the first tag's value points past the block
+    (folder / "edited.jpg").write_bytes(bytes(data))
+    block = bytes(data[app1 : app1 + 2 + int.from_bytes(data[app1 + 2 : app1 + 4], "big")])
+    proc = subprocess.run([sys.executable, "-m", "lens", "run", str(folder), str(tmp_path / "out"), "--refine", "off"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "Warning" not in proc.stderr, proc.stderr
+    assert block in (tmp_path / "out" / "edited.jpg").read_bytes()
+
+
 def test_a_run_logged_without_a_terminal_says_how_far_it_is_as_it_goes(tmp_path, photos):
     """Under cron or systemd the output is a log, where Rich draws its bar once, at the end: a
     run of thousands of photos would say nothing for hours. There it prints plain lines."""
