@@ -5,9 +5,9 @@ editor produces (HEIC / HEIF through pillow-heif, the ``heif`` extra, registered
 such file). The common case, an 8-bit RGB or greyscale JPEG/PNG, is decoded by libjpeg-turbo
 through simplejpeg (JPEG: a file with damaged data is refused, `_decode_jpeg`) or OpenCV (PNG)
 instead, and JPEGs are encoded by OpenCV (libjpeg-turbo without Pillow's copies: ~20 vs ~30 ms
-each way for a 2048 px photo), with EXIF and ICC spliced back into the JPEG. Pixels are handled in their
-stored orientation. Lens distortion lives in the sensor's frame,
-so an EXIF-rotated file is corrected as stored and its EXIF block, orientation tag included,
+each way for a 2048 px photo), with EXIF and ICC spliced back into the JPEG. Pixels are
+handled in their stored orientation. Lens distortion lives in the sensor's frame, so an
+EXIF-rotated file is corrected as stored and its EXIF block, orientation tag included,
 is copied to the output: viewers then show the corrected image the same way up as the input.
 """
 from __future__ import annotations
@@ -193,22 +193,24 @@ class DamagedJpeg(ValueError):
 
 def _decode_jpeg(data: bytes, colorspace: str) -> np.ndarray | None:
     """A JPEG's pixels in ``colorspace`` (simplejpeg's: RGB, GRAY, CMYK) by libjpeg-turbo
-    through simplejpeg, which says when the data is damaged, where OpenCV's decoder prints
-    libjpeg's warning to stderr, unattributed, and returns the grey rows (Pillow's says nothing). The same pixels as OpenCV's, in 0.74x its time
-    (the CPU bench's 48 photos at 2048 x 1367, 5 interleaved rounds). Of 60 fuzzed copies of
-    the sample photos (bytes flipped, cut or spliced out), OpenCV decoded 25 without an error,
-    21 of them damaged. Raises `DamagedJpeg`; None where TurboJPEG refuses the header (OpenCV
-    decodes those as before)."""
+    through simplejpeg, which says when the data is damaged or cut short, where OpenCV's
+    decoder prints libjpeg's warning to stderr, unattributed, and returns the grey rows
+    (Pillow's says nothing). The same pixels as OpenCV's, in 0.74x its time (the CPU bench's
+    48 photos at 2048 x 1367, 5 interleaved rounds). Of 60 fuzzed copies of the sample photos
+    (bytes flipped, cut or spliced out), OpenCV decoded 25 without an error, 21 of them
+    damaged. Raises `DamagedJpeg`; None where TurboJPEG refuses the header (OpenCV decodes
+    those as before)."""
     import simplejpeg  # here: a training run on a machine without it never decodes a JPEG
 
     try:
         return simplejpeg.decode_jpeg(data, colorspace, strict=True)
     except ValueError as exc:
         text = " ".join(str(exc).split())
-        if "premature end of jpeg file" in text.lower():
-            raise DamagedJpeg(f"truncated JPEG: {text[0].lower() + text[1:]} (libjpeg): the end of the image is missing") from None
-        if any(d in text.lower() for d in _JPEG_DAMAGE):
-            raise DamagedJpeg(f"{text[0].lower() + text[1:]} (libjpeg): part of the image would come out grey or garbled") from None
+        said = text[:1].lower() + text[1:]
+        if said.lower().startswith("premature end of jpeg file"):
+            raise DamagedJpeg(f"truncated JPEG: {said} (libjpeg): the end of the image is missing") from None
+        if any(d in said.lower() for d in _JPEG_DAMAGE):
+            raise DamagedJpeg(f"{said} (libjpeg): part of the image would come out grey or garbled") from None
     try:  # a harmless warning
         return simplejpeg.decode_jpeg(data, colorspace, strict=False)
     except ValueError:  # refused while reading the header (stray bytes there, unusual sampling factors)
@@ -218,9 +220,9 @@ def _decode_jpeg(data: bytes, colorspace: str) -> np.ndarray | None:
 def _fast_decode(path: Path, fmt: str | None, mode: str) -> np.ndarray | None:
     """libjpeg-turbo / OpenCV decode of 8-bit RGB / L JPEG and PNG; None where Pillow must do
     it. A JPEG whose data is damaged or cut short raises `DamagedJpeg` (`_decode_jpeg`); data
-    after its end marker (a phone's Motion Photo video) is not read. A CMYK JPEG is checked the same way, then left to Pillow
-    (which reads Adobe's inverted CMYK and converts it), so it costs a second decode: CMYK
-    JPEGs come from print workflows, not cameras."""
+    after its end marker (a phone's Motion Photo video) is not read. A CMYK JPEG is checked
+    the same way, then left to Pillow (which reads Adobe's inverted CMYK and converts it), so
+    it costs a second decode: CMYK JPEGs come from print workflows, not cameras."""
     if fmt in JPEG_FORMATS and mode == "CMYK":
         _decode_jpeg(np.fromfile(path, dtype=np.uint8), "CMYK")
         return None
