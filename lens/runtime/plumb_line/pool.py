@@ -10,6 +10,7 @@ from concurrent.futures.process import BrokenProcessPool
 import numpy as np
 
 from lens.runtime.child_processes import exit_with_parent
+from lens.runtime.cpu_budget import usable_cores
 from lens.runtime.plumb_line.edges import WorkImage
 from lens.runtime.plumb_line.refine import LineFit, refine_with_lines
 
@@ -48,8 +49,15 @@ class LineFitPool:
         self._lock = threading.Lock()
 
     @classmethod
-    def for_workers(cls, workers: int) -> "LineFitPool":
-        return cls(1 if workers <= cls.INLINE_WORKERS else workers)
+    def for_workers(cls, workers: int, cores: int | None = None) -> "LineFitPool":
+        """Inline up to `INLINE_WORKERS` workers, else a process per worker up to ``cores``
+        (default: `usable_cores`): a fit is CPU-bound, so processes beyond the cores only add
+        their start (~0.4 s of a core each, spawned) and their memory. `lens run --workers 8`
+        on 2 cores, 96 photos, 4 alternated rounds: 1.13x as fast (1.10-1.25) with 2 processes
+        as with 8."""
+        if workers <= cls.INLINE_WORKERS:
+            return cls(1)
+        return cls(min(workers, cores or usable_cores()))
 
     def fit(self, photo: np.ndarray | WorkImage, prior: np.ndarray) -> LineFit:
         try:
