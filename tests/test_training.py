@@ -184,6 +184,10 @@ def test_data_synth_audit_and_pseudo_label_on_the_workload_layout(tmp_path):
     (data / "same_g0_generated.jpg").write_bytes(first.read_bytes())
     (data / "cut_g0_original.jpg").write_bytes(first.read_bytes()[:-3000])  # a truncated download
     (data / "cut_g0_generated.jpg").write_bytes(first.read_bytes())
+    data_bytes = first.read_bytes()  # damaged in its compressed data, its end marker intact
+    middle = (data_bytes.index(b"\xff\xda") + len(data_bytes)) // 2
+    (data / "damaged_g0_original.jpg").write_bytes(data_bytes[:middle] + data_bytes[middle + 200 :])
+    (data / "damaged_g0_generated.jpg").write_bytes(data_bytes)
     small = tmp_path / "small.jpg"
     Image.open(first).resize((192, 128)).save(small)
     (data / "shrunk_g0_original.jpg").write_bytes(first.read_bytes())
@@ -191,12 +195,14 @@ def test_data_synth_audit_and_pseudo_label_on_the_workload_layout(tmp_path):
     result = runner.invoke(app, ["data", "audit", str(data), "--json", str(tmp_path / "audit.json")])
     assert result.exit_code == 1
     report = json.loads((tmp_path / "audit.json").read_text())
-    assert report["pairs"] == 8 and report["unmatched"] == ["orphan_original.jpg"]
-    assert sorted(u["file"] for u in report["unreadable"]) == ["broken_g0_original.jpg", "cut_g0_original.jpg"]
+    assert report["pairs"] == 9 and report["unmatched"] == ["orphan_original.jpg"]
+    unreadable = {u["file"]: u for u in report["unreadable"]}
+    assert sorted(unreadable) == ["broken_g0_original.jpg", "cut_g0_original.jpg", "damaged_g0_original.jpg"]
+    assert "corrupt JPEG data" in json.dumps(unreadable["damaged_g0_original.jpg"])
     assert report["sizes"] == {"384x256": 6}  # the stored size, not the thumbnail's decoding scale
     assert report["size_mismatch"] == [{"pair_id": "shrunk_g0", "original": [384, 256], "generated": [192, 128]}]
     assert report["near_identical"] == ["same_g0"]
-    for name in ("broken", "same", "cut", "shrunk"):
+    for name in ("broken", "same", "cut", "shrunk", "damaged"):
         for p in data.glob(f"{name}_g0_*.jpg"):
             p.unlink()
     (data / "orphan_original.jpg").unlink()
