@@ -65,7 +65,7 @@ def test_default_model_corrects_a_folder_and_records_everything(tmp_path, photos
         assert {"decode_ms", "infer_ms", "warp_ms", "encode_ms"} <= set(r["timings_ms"])
     summary = json.loads((out / "lens-run" / "summary.json").read_text())
     assert summary["ok"] == 9 and not summary["failed"]
-    assert summary["model"]["checkpoint_sha256"] and summary["versions"]["onnxruntime"]
+    assert summary["model"]["checkpoint_sha256"] and summary["versions"]["onnxruntime"] and summary["versions"]["simplejpeg"]
     assert sum(summary["modes"].values()) == 9
     # the corrected folder passes QA as it stands: the portrait's own black corner is not fill
     qa = runner.invoke(app, ["qa", str(out), "--inputs", str(photos), "--json", str(tmp_path / "qa.json")])

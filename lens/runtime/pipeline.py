@@ -380,10 +380,9 @@ def _versions() -> dict:
     from lens import __version__
 
     out = {"lens": __version__, "numpy": np.__version__, "opencv": cv2.__version__, "pillow": PIL.__version__, "python": platform.python_version()}
-    try:
-        import onnxruntime
-
-        out["onnxruntime"] = onnxruntime.__version__
-    except ImportError:
-        pass
+    for name in ("onnxruntime", "simplejpeg"):  # simplejpeg decodes the JPEGs: its libjpeg-turbo makes the pixels
+        try:
+            out[name] = __import__(name).__version__
+        except ImportError:
+            pass
     return out
