@@ -487,7 +487,7 @@ def data_pseudo_label(
     # ~5 s a pair on 2 cores: a folder of thousands takes a day, so every label is appended
     # here as it is made and merged into labels.jsonl at the end (or by the next --resume)
     progress_file = folder / (LABELS_FILE + ".part")
-    saved = {rec["pair_id"]: rec for rec in json_lines(progress_file)} if resume else {}
+    saved = {rec["pair_id"]: rec for rec in json_lines(progress_file, "pair_id")} if resume else {}
     if not resume and progress_file.exists():
         console.print(f"[yellow]redoing[/] the labels an interrupted run left in {escape(str(progress_file))} (--resume keeps them)", soft_wrap=True)
     labels.update(saved)

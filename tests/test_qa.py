@@ -133,6 +133,21 @@ def test_qa_and_strict_package_name_missing_wrong_size_and_corrupt_files(tmp_pat
     assert not list(tmp_path.glob(".submission.zip*"))
 
 
+def test_qa_fails_damaged_run_metadata_naming_the_file_and_line(tmp_path, submission):
+    # read_run_metadata raised a JSONDecodeError traceback; a damaged record file now fails
+    # the run_metadata gate, even where metadata is not required
+    inputs, pred = submission
+    (pred / "lens-run").mkdir()
+    (pred / "lens-run" / "images.jsonl").write_bytes(b'{"id": "img0", "status": "ok"}\n{"id": "img1", "sta\xff\n')
+    result = runner.invoke(app, ["qa", str(pred), "--inputs", str(inputs), "--no-require-metadata", "--json", str(tmp_path / "qa.json")])
+    assert result.exit_code == 1, result.output
+    assert "lens-run/images.jsonl: metadata_unreadable: line 2 is not JSON" in result.output.replace("\n", " "), result.output
+    result = runner.invoke(app, ["package", str(pred), "--out", str(tmp_path / "s.zip"), "--inputs", str(inputs), "--force"])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "s.zip.manifest.json").read_text())
+    assert manifest["forced"] and manifest["run"] is None
+
+
 def test_qa_catches_black_borders_unchanged_images_bad_names_and_extras(tmp_path, submission):
     inputs, pred = submission
     img = cv2.imread(str(pred / "img0.jpg"))

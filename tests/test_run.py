@@ -513,6 +513,25 @@ def test_resume_refuses_a_folder_written_with_other_settings(tmp_path, photos):
     assert _outputs(out) == before
 
 
+def test_resume_goes_on_past_damaged_records_and_refuses_damaged_settings(tmp_path, photos):
+    # after a power cut a record file's end may hold whatever the disk had: --resume stopped
+    # with a UnicodeDecodeError traceback; a damaged settings file read as "other settings"
+    out = tmp_path / "out"
+    assert _run(photos, out, "--refine", "off").exit_code == 0
+    before = _outputs(out)
+    records = out / "lens-run" / "images.jsonl"
+    lines = records.read_bytes().splitlines(keepends=True)
+    records.write_bytes(b"".join(lines[:5]) + b"\x00\x00\xff\xfe garbage\n[1, 2]\n{\"id\": 7}\n")
+    result = _run(photos, out, "--resume", "--refine", "off")
+    assert result.exit_code == 0 and ": 4 in this run, 5 skipped" in result.output, result.output
+    assert _outputs(out) == before
+    assert len(records.read_text().splitlines()) == 9  # rewritten whole
+    (out / "lens-run" / "settings.json").write_bytes(b"{\"backend\": \"onnx")
+    result = _run(photos, out, "--resume", "--refine", "off")
+    assert result.exit_code == 2 and "settings.json is damaged" in result.output, result.output
+    assert _outputs(out) == before
+
+
 def test_resume_corrects_again_an_input_replaced_since(tmp_path, photos):
     shoot = tmp_path / "shoot"
     shoot.mkdir()

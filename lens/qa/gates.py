@@ -17,7 +17,7 @@ import numpy as np
 
 from lens.qa.ids import ENTRY_RE, input_files, read_ids
 from lens.runtime.io import IMAGE_SUFFIXES, ImageReadError, read_image
-from lens.runtime.metadata import RUN_DIR, read_run_metadata
+from lens.runtime.metadata import RUN_DIR, MetadataUnreadable, read_run_metadata
 
 IDENTICAL_MAE = 0.5  # grey levels: below this a "correction" changed nothing
 BAND_STD = 1.5  # a row/column whose pixels vary less than this is constant fill
@@ -203,8 +203,14 @@ def run_gates(pred_dir: str | Path, inputs_dir: str | Path, ids_file: str | Path
     if inherited:
         shown = ", ".join(inherited[:5]) + (f" and {len(inherited) - 5} more" if len(inherited) > 5 else "")
         border_gate.note = f"the input's own fill, so not the warp's: {shown}"
-    records, summary = read_run_metadata(pred_dir)
-    if records is None:
+    try:
+        records, _ = read_run_metadata(pred_dir)
+    except MetadataUnreadable as exc:  # present but damaged: fails even where metadata is not required
+        records = None
+        meta_gate.fail(exc.file, f"metadata_unreadable: {exc.reason}")
+    if not meta_gate.passed:
+        pass
+    elif records is None:
         if require_metadata:
             meta_gate.fail("lens-run/images.jsonl", "metadata_missing: no `lens run` records beside the images")
         else:

@@ -19,7 +19,7 @@ from pathlib import Path
 from lens.qa.gates import QAReport
 from lens.qa.ids import ENTRY_RE
 from lens.runtime.io import write_atomic
-from lens.runtime.metadata import read_run_metadata
+from lens.runtime.metadata import MetadataUnreadable, read_run_metadata
 
 FIXED_TIME = (1980, 1, 1, 0, 0, 0)
 
@@ -102,7 +102,10 @@ def package(pred_dir: str | Path, zip_path: str | Path, qa: QAReport, force: boo
         raise PackageError(f"{pred_dir}: no <id>.jpg files to package")
     zip_path.parent.mkdir(parents=True, exist_ok=True)
     hashes = build_zip(files, zip_path)
-    _, summary = read_run_metadata(pred_dir)
+    try:
+        _, summary = read_run_metadata(pred_dir)
+    except MetadataUnreadable:  # QA failed on it: packaged only with --force, which the manifest records
+        summary = None
     manifest = {
         "format": "lens-submission-manifest/1",
         "zip": zip_path.name,

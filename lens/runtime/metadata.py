@@ -20,16 +20,38 @@ SETTINGS_FILE = "settings.json"
 LOCK_FILE = ".lock"  # held (flock) by the run writing to the folder
 
 
+class MetadataUnreadable(ValueError):
+    """A run's records or summary exist but are not what `lens run` writes (a disk fault, an
+    edit); ``file`` names it below the output folder, ``reason`` says where and why."""
+
+    def __init__(self, file: str, reason: str):
+        super().__init__(f"{file}: {reason}")
+        self.file, self.reason = file, reason
+
+
 def read_run_metadata(out_dir: str | Path) -> tuple[dict[str, dict] | None, dict | None]:
-    """(records by id, summary) of a `lens run` output folder; (None, None) where absent."""
+    """(records by id, summary) of a `lens run` output folder; (None, None) where absent.
+    Raises `MetadataUnreadable` where a file is there but damaged: both are written whole
+    (renamed into place), so unlike a killed run's ``.part`` file they are read strictly."""
     run = Path(out_dir) / RUN_DIR
     images, summary = None, None
     if (run / IMAGES_FILE).exists():
         images = {}
-        for line in (run / IMAGES_FILE).read_text().splitlines():
-            if line.strip():
+        for number, line in enumerate((run / IMAGES_FILE).read_bytes().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
                 rec = json.loads(line)
-                images[rec["id"]] = rec
+            except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+                raise MetadataUnreadable(f"{RUN_DIR}/{IMAGES_FILE}", f"line {number} is not JSON ({exc})") from None
+            if not isinstance(rec, dict) or not isinstance(rec.get("id"), str):
+                raise MetadataUnreadable(f"{RUN_DIR}/{IMAGES_FILE}", f"line {number} is not an image's record")
+            images[rec["id"]] = rec
     if (run / SUMMARY_FILE).exists():
-        summary = json.loads((run / SUMMARY_FILE).read_text())
+        try:
+            summary = json.loads((run / SUMMARY_FILE).read_bytes())
+        except ValueError as exc:
+            raise MetadataUnreadable(f"{RUN_DIR}/{SUMMARY_FILE}", f"not JSON ({exc})") from None
+        if not isinstance(summary, dict):
+            raise MetadataUnreadable(f"{RUN_DIR}/{SUMMARY_FILE}", "not a run summary")
     return images, summary

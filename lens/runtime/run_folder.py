@@ -79,20 +79,24 @@ def source_stat(path: Path) -> list[int] | None:
     return [st.st_size, st.st_mtime_ns]
 
 
-def json_lines(path: Path) -> Iterator[dict]:
-    """The records of a JSON Lines file appended to as work is done (none if it is missing);
-    a line that does not parse is skipped: the last line of a killed run may be cut."""
+def json_lines(path: Path, key: str) -> Iterator[dict]:
+    """The records (JSON objects with a string ``key``) of a JSON Lines file appended to as
+    work is done (none if it is missing); any other line is skipped: the last line of a killed
+    run may be cut, and after a power cut the file's end may hold whatever the disk had there
+    (zeros, bytes that are not UTF-8: `--resume` stopped on a UnicodeDecodeError)."""
     if not path.exists():
         return
-    for line in path.read_text().splitlines():
+    for line in path.read_bytes().splitlines():
         try:
-            yield json.loads(line)
-        except json.JSONDecodeError:
+            record = json.loads(line)
+        except ValueError:  # JSONDecodeError, UnicodeDecodeError
             continue
+        if isinstance(record, dict) and isinstance(record.get(key), str):
+            yield record
 
 
 def read_records(run_dir: Path) -> dict[str, dict]:
-    return {rec["id"]: rec for name in (IMAGES_FILE, IMAGES_FILE + ".part") for rec in json_lines(run_dir / name)}
+    return {rec["id"]: rec for name in (IMAGES_FILE, IMAGES_FILE + ".part") for rec in json_lines(run_dir / name, "id")}
 
 
 def clean_stale_temporaries(out: Path, recursive: bool = False) -> None:
@@ -107,9 +111,12 @@ def hold_to_settings(run_dir: Path, settings: dict, resume: bool) -> None:
     path = run_dir / SETTINGS_FILE
     if resume and path.exists():
         try:
-            earlier = json.loads(path.read_text())
-        except json.JSONDecodeError:
-            earlier = {}
+            earlier = json.loads(path.read_bytes())
+        except ValueError:  # JSONDecodeError, UnicodeDecodeError
+            earlier = None
+        if not isinstance(earlier, dict):  # written atomically: an edit or a disk fault
+            raise ResumeMismatch(f"--resume: {path} is damaged (not the JSON object lens writes), so the earlier run's settings "
+                                 "are unknown and its outputs may not match this run's: run without --resume to redo every image")
         changed = sorted(k for k in set(settings) | set(earlier) if settings.get(k) != earlier.get(k))
         if changed:
             detail = "; ".join(f"{k}: {earlier.get(k)!r} then, {settings.get(k)!r} now" for k in changed)
