@@ -712,6 +712,13 @@ def score(
 def _qa_report(pred: Path, inputs: Path, ids: Optional[Path], require_metadata: bool):
     from lens.qa.gates import run_gates
 
+    from lens.qa.ids import read_ids
+
+    if ids is not None:
+        try:
+            read_ids(ids)  # before any work: a list that cannot be read is the caller's to fix
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--ids") from None
     n = sum(1 for p in pred.iterdir() if p.is_file())
     with _progress() as progress:
         task = progress.add_task("qa", total=n, rate="")

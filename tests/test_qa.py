@@ -235,7 +235,9 @@ def test_an_ids_file_from_any_editor_names_the_same_ids(tmp_path, submission):
     was read with it and reported missing, its file extra), names with .jpg, comments, blanks."""
     inputs, pred = submission
     forms = {"plain.txt": b"img0\nimg1\nimg2\nimg3\n", "crlf.txt": b"img0\r\nimg1\r\n\r\nimg2\r\nimg3\r\n",
-             "bom.txt": b"\xef\xbb\xbfimg0\nimg1\nimg2\nimg3\n", "names.txt": b"# the shoot\nimg0.jpg\nimg1.jpg\nimg2.jpg\nimg3.jpg\n"}
+             "bom.txt": b"\xef\xbb\xbfimg0\nimg1\nimg2\nimg3\n", "names.txt": b"# the shoot\nimg0.jpg\nimg1.jpg\nimg2.jpg\nimg3.jpg\n",
+             # Excel's "Unicode Text" and Notepad's "Unicode": UTF-16 with its byte-order mark (a traceback before)
+             "utf16.txt": "img0\r\nimg1\r\nimg2\r\nimg3\r\n".encode("utf-16"), "utf16be.txt": b"\xfe\xff" + "img0\nimg1\nimg2\nimg3\n".encode("utf-16-be")}
     for name, data in forms.items():
         (tmp_path / name).write_bytes(data)
         result = runner.invoke(app, ["qa", str(pred), "--inputs", str(inputs), "--ids", str(tmp_path / name), "--no-require-metadata", "--json", str(tmp_path / "qa.json")])
@@ -243,6 +245,10 @@ def test_an_ids_file_from_any_editor_names_the_same_ids(tmp_path, submission):
     (tmp_path / "short.txt").write_bytes(b"\xef\xbb\xbfimg0\nimg1\nimg2\n")  # one id fewer: img3 is an extra
     result = runner.invoke(app, ["qa", str(pred), "--inputs", str(inputs), "--ids", str(tmp_path / "short.txt"), "--no-require-metadata", "--json", str(tmp_path / "qa.json")])
     assert result.exit_code == 1 and "img3.jpg: extra" in result.output and "missing" not in result.output
+    (tmp_path / "latin1.txt").write_bytes("img0\ncaf\xe9\n".encode("latin-1"))  # neither: named, before any work
+    result = runner.invoke(app, ["qa", str(pred), "--inputs", str(inputs), "--ids", str(tmp_path / "latin1.txt"), "--json", str(tmp_path / "l.json")])
+    assert result.exit_code == 2 and "latin1.txt: not a text file of ids (UTF-8 or UTF-16)" in result.output.replace("\n", " "), result.output
+    assert not (tmp_path / "l.json").exists()
 
 
 def test_force_packages_past_failed_qa_and_records_it(tmp_path, submission):

@@ -32,9 +32,16 @@ def find_by_id(folder: str | Path, image_id: str, suffixes: tuple[str, ...]) -> 
 def read_ids(path: str | Path) -> list[str]:
     """One id per line (blank lines and ``#`` comments ignored); a trailing .jpg is dropped.
     A byte-order mark (a list saved by Excel or Notepad as "UTF-8 with BOM") is not part of the
-    first id: it made that id missing and its file an extra."""
+    first id: it made that id missing and its file an extra. UTF-16 with its byte-order mark
+    (Excel's "Unicode Text", Windows Notepad's "Unicode") is read too: it stopped `lens qa` with
+    a UnicodeDecodeError. Raises ValueError naming the file for other bytes."""
+    data = Path(path).read_bytes()
+    try:
+        text = data.decode("utf-16") if data[:2] in (b"\xff\xfe", b"\xfe\xff") else data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not a text file of ids (UTF-8 or UTF-16): byte {exc.start} is {data[exc.start : exc.start + 1]!r}") from None
     ids = []
-    for line in Path(path).read_text(encoding="utf-8-sig").splitlines():
+    for line in text.splitlines():
         line = line.strip()
         if line and not line.startswith("#"):
             ids.append(line[:-4] if line.lower().endswith(".jpg") else line)
