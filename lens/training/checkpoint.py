@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import pickle
 import subprocess
 from pathlib import Path
 
@@ -58,10 +59,18 @@ def load_checkpoint(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    with path.open("rb") as fh:
+        head = fh.read(4)
+    if head != b"PK\x03\x04":  # torch.save's zip archive, the only form lens writes
+        raise CheckpointError(f"{path}: not a lens checkpoint (one is torch.save's zip archive; this file starts with {head!r})")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt file, or one carrying pickled code
-        raise CheckpointError(f"{path}: not a loadable lens checkpoint ({exc})") from None
+    except pickle.UnpicklingError:  # torch's own text advises weights_only=False, which would run the file's code
+        raise CheckpointError(f"{path}: not a loadable lens checkpoint (it holds pickled objects other than tensors and "
+                              "plain data, which lens does not load: unpickling them can run code)") from None
+    except Exception as exc:  # a cut or damaged archive: torch's first sentence says where
+        said = " ".join(str(exc).split())
+        raise CheckpointError(f"{path}: not a loadable lens checkpoint, damaged ({said.split('. ')[0]})") from None
     # a plain state dict or another tool's file loads too, and failed later on a missing key
     if not isinstance(ckpt, dict) or not str(ckpt.get("format", "")).startswith(FORMAT):
         raise CheckpointError(f"{path}: not a lens checkpoint (no '{FORMAT}...' format field: a plain state dict or another tool's file?)")
