@@ -819,6 +819,8 @@ def export_cmd(
         raise typer.BadParameter(str(exc)) from None
     if precision not in ("fp32", "fp16"):
         raise typer.BadParameter("choose fp32 or fp16", param_hint="--precision")
+    if out.exists() and not out.is_dir():  # it stopped on a FileExistsError traceback after loading the checkpoint
+        raise typer.BadParameter(f"{out} is a file: name a folder for the build (its graphs, engines and manifest.json)", param_hint="--out")
     with console.status("exporting and checking (a minute or two per graph)..."):
         try:
             result = export(checkpoint, out, precision, profile, engine, workspace_gib, version_compatible, hardware_compatible)

@@ -142,6 +142,15 @@ def test_tensorrt_engine_builds_and_matches_onnxruntime(build, tmp_path):
     assert (tmp_path / "lens.engine").stat().st_size > 0 and info["tensorrt"]
 
 
+def test_parity_on_a_folder_that_is_not_a_build_and_export_onto_a_file_are_refused(tmp_path):
+    # both stopped on a traceback (FileNotFoundError, FileExistsError after loading the model)
+    result = runner.invoke(app, ["parity", "--build", str(tmp_path), "--images", str(SAMPLES)])
+    assert result.exit_code == 2 and "no manifest.json (not a `lens export` build folder)" in result.output, result.output
+    (tmp_path / "build").write_text("a file")
+    result = runner.invoke(app, ["export", "--checkpoint", str(CHECKPOINT), "--out", str(tmp_path / "build")])
+    assert result.exit_code == 2 and "is a file: name a folder for the build" in result.output.replace("\n", ""), result.output
+
+
 def test_files_that_are_not_lens_checkpoints_are_named_and_refused_by_every_command(tmp_path):
     """A plain state dict, another model's config and a corrupt file: export and run stopped
     with a KeyError or RuntimeError traceback."""

@@ -13,7 +13,6 @@ precision, which moves parameters by ~1e-3 and pixels by a level or two near edg
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -149,8 +148,15 @@ def run_parity(build: Path, images_dir: Path, backends: list[str], checkpoint: P
     from lens.export.build import MANIFEST
     from lens.export.tensorrt_build import TensorRTUnavailable
 
-    manifest = json.loads((build / MANIFEST).read_text())
-    precision = manifest["precision"]
+    from lens.runtime.backends import BackendUnavailable, read_manifest
+
+    try:  # a folder that is not a build stopped on a FileNotFoundError traceback
+        manifest = read_manifest(build)
+    except BackendUnavailable as exc:
+        raise ValueError(str(exc)) from None
+    precision = manifest.get("precision")
+    if precision not in TOLERANCES:
+        raise ValueError(f"{build / MANIFEST}: precision {precision!r} is none of {', '.join(TOLERANCES)}: export the build again")
     tol = TOLERANCES[precision]
     runners: list[Runner] = []
     unavailable = {}
