@@ -392,7 +392,7 @@ def _write_json(path: Path, payload: dict) -> None:
 
 @data_app.command("synth")
 def data_synth(
-    out: Path = typer.Argument(..., help="Folder to write the pairs into (workload layout).", show_default=False),
+    out: Path = typer.Argument(..., file_okay=False, help="Folder to write the pairs into (workload layout).", show_default=False),
     regime: str = typer.Option("workload", help="Parameter regime: workload or general."),
     count: int = typer.Option(100, min=1, help="Number of pairs."),
     seed: int = typer.Option(0, help="Seed: the same seed gives the same files."),
@@ -475,10 +475,12 @@ def data_pseudo_label(
     from lens.runtime.cpu_budget import usable_cores
     from lens.runtime.io import write_atomic
     from lens.runtime.run_folder import json_lines
-    from lens.training.pairs import LABELS_FILE, read_labels
+    from lens.training.pairs import GENERATED_SUFFIX, LABELS_FILE, ORIGINAL_SUFFIX, read_labels
     from lens.training.pseudo_label import label_pairs
 
     every_pair = _pairs_in(folder)
+    if not every_pair:  # it wrote an empty labels.jsonl into the folder and said "0 labels made"
+        raise typer.BadParameter(f"{folder}: no pairs to label (<id>{ORIGINAL_SUFFIX} beside <id>{GENERATED_SUFFIX})", param_hint="FOLDER")
     pairs = every_pair[:limit] if limit else every_pair
     try:
         labels = read_labels(folder)
@@ -526,7 +528,7 @@ def data_pseudo_label(
 @app.command()
 def train(
     stage: str = typer.Option(..., help="param | hybrid | finetune (hybrid starts from param's best, finetune from hybrid's)."),
-    run_dir: Path = typer.Option(Path("runs/default"), "--run", help="Run folder; each stage writes `<run>/<stage>/{best,last}.pt`."),
+    run_dir: Path = typer.Option(Path("runs/default"), "--run", file_okay=False, help="Run folder; each stage writes `<run>/<stage>/{best,last}.pt`."),
     parent: Optional[Path] = typer.Option(None, help="Parent checkpoint (default: `<run>/<parent stage>/best.pt`)."),
     steps: int = typer.Option(2000, min=1),
     batch: int = typer.Option(32, min=2),

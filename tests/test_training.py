@@ -172,6 +172,20 @@ def test_eval_reports_model_and_both_baselines(tmp_path):
     assert result.exit_code == 2 and "no labelled pairs to train on in its training split (0 pairs): a folder of" in result.output.replace("\n", " ")
 
 
+def test_data_and_train_commands_refuse_a_file_as_folder_and_a_folder_without_pairs(tmp_path):
+    # train and data synth stopped on NotADirectoryError / FileExistsError tracebacks; pseudo-label
+    # wrote an empty labels.jsonl into a folder of photos and said "0 labels made"
+    photo = tmp_path / "a.jpg"
+    photo.write_bytes((SAMPLES / "coffee.jpg").read_bytes())
+    result = runner.invoke(app, ["train", "--stage", "param", "--run", str(photo), *TINY])
+    assert result.exit_code == 2 and "is a file" in result.output, result.output
+    result = runner.invoke(app, ["data", "synth", str(photo), "--count", "1"])
+    assert result.exit_code == 2 and "is a file" in result.output, result.output
+    result = runner.invoke(app, ["data", "pseudo-label", str(tmp_path)])
+    assert result.exit_code == 2 and "no pairs to label" in result.output, result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.jpg"]
+
+
 def test_data_synth_audit_and_pseudo_label_on_the_workload_layout(tmp_path):
     data = tmp_path / "pairs"
     assert runner.invoke(app, ["data", "synth", str(data), "--count", "4", "--width", "384", "--height", "256"]).exit_code == 0
