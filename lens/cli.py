@@ -416,7 +416,7 @@ def data_synth(
 @data_app.command("audit")
 def data_audit(
     folder: Path = typer.Argument(..., exists=True, file_okay=False, help="Folder of `<id>_original.jpg` / `<id>_generated.jpg` pairs.", show_default=False),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the report as JSON."),
+    json_out: Optional[Path] = typer.Option(None, "--json", dir_okay=False, help="Also write the report as JSON."),
 ) -> None:
     """Count pairs and shoots; list image sizes, unmatched, unreadable, size-mismatched and
     near-identical pairs. Exit code 1 if any file is unmatched, unreadable or mismatched."""
@@ -605,7 +605,7 @@ def evaluate_cmd(
     checkpoint: Path = typer.Option(..., exists=True, dir_okay=False, help="A lens checkpoint (.pt)."),
     data: str = typer.Option("synthetic:workload", help="synthetic:workload | synthetic:general | a folder of labelled pairs."),
     count: int = typer.Option(100, min=1, help="Images for synthetic data."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the summary as JSON."),
+    json_out: Optional[Path] = typer.Option(None, "--json", dir_okay=False, help="Write the summary as JSON."),
     lines: bool = typer.Option(True, help="Also evaluate the network's lens refitted to straight lines (what `lens run` applies)."),
     split: str = typer.Option("val", help="A folder's pairs: val (the shoots its split holds out; the fixed baseline fitted on the others) "
                               "or all (every pair, e.g. a held-out set; the fixed baseline fitted on the same labels, an oracle)."),
@@ -671,8 +671,8 @@ def score(
     pred: Path = typer.Argument(..., exists=True, file_okay=False, help="Folder of predictions `<id>.jpg`.", show_default=False),
     gt: Path = typer.Argument(..., exists=True, file_okay=False, help="Folder of targets `<id>.jpg` or `<id>_generated.jpg`.", show_default=False),
     inputs: Optional[Path] = typer.Option(None, exists=True, file_okay=False, help="Uncorrected inputs: also report the score relative to them (uncorrected = 0)."),
-    csv_out: Optional[Path] = typer.Option(None, "--csv", help="Per-image scores as CSV."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Summary as JSON."),
+    csv_out: Optional[Path] = typer.Option(None, "--csv", dir_okay=False, help="Per-image scores as CSV."),
+    json_out: Optional[Path] = typer.Option(None, "--json", dir_okay=False, help="Summary as JSON."),
     workers: int = typer.Option(2, min=1, help="Scoring threads."),
 ) -> None:
     """Proxy of the workload's per-image score (0..100): edges 40%, line straightness 22%,
@@ -739,8 +739,8 @@ def qa(
     pred: Path = typer.Argument(..., exists=True, file_okay=False, help="Folder of predictions `<id>.jpg`.", show_default=False),
     inputs: Path = typer.Option(..., exists=True, file_okay=False, help="Folder of the inputs (`<id>.jpg` or `<id>_original.jpg`)."),
     ids: Optional[Path] = typer.Option(None, exists=True, dir_okay=False, help="File with the exact expected ids, one per line (default: the inputs' ids)."),
-    report: Optional[Path] = typer.Option(None, help="Write an HTML report (failures, before/after thumbnails)."),
-    json_out: Path = typer.Option(Path("qa.json"), "--json", help="Where to write the gate results."),
+    report: Optional[Path] = typer.Option(None, dir_okay=False, help="Write an HTML report (failures, before/after thumbnails)."),
+    json_out: Path = typer.Option(Path("qa.json"), "--json", dir_okay=False, help="Where to write the gate results."),
     require_metadata: bool = typer.Option(True, help="Require `lens run` metadata beside the images."),
 ) -> None:
     """Gate a folder of predictions: exact id set, decodes, same size as input, changed,
@@ -848,7 +848,7 @@ def parity(
     images: Path = typer.Option(..., exists=True, file_okay=False, help="Folder of images to run through every backend."),
     backends: str = typer.Option("torch,onnxruntime", help="Comma-separated; the first is the reference (torch, onnxruntime, tensorrt)."),
     checkpoint: Optional[Path] = typer.Option(None, exists=True, dir_okay=False, help="Checkpoint for the torch backend (default: the manifest's)."),
-    json_out: Path = typer.Option(Path("parity.json"), "--json", help="Where to write the report."),
+    json_out: Path = typer.Option(Path("parity.json"), "--json", dir_okay=False, help="Where to write the report."),
 ) -> None:
     """Compare parameters, grids (pixels), output images and chosen modes across backends;
     exit code 1 when any tolerance fails or a requested backend is unavailable."""

@@ -148,6 +148,17 @@ def test_qa_fails_damaged_run_metadata_naming_the_file_and_line(tmp_path, submis
     assert manifest["forced"] and manifest["run"] is None
 
 
+def test_an_output_file_option_naming_a_folder_is_refused_before_any_work(tmp_path, submission):
+    # --json / --csv / --report onto a folder stopped on an IsADirectoryError traceback, after
+    # the whole run of gates or scores
+    inputs, pred = submission
+    for args in (["qa", str(pred), "--inputs", str(inputs), "--no-require-metadata", "--json", str(tmp_path)],
+                 ["qa", str(pred), "--inputs", str(inputs), "--no-require-metadata", "--report", str(tmp_path)],
+                 ["score", str(pred), str(pred), "--csv", str(tmp_path)]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2 and "is a directory" in result.output, (args, result.output)
+
+
 def test_qa_catches_black_borders_unchanged_images_bad_names_and_extras(tmp_path, submission):
     inputs, pred = submission
     img = cv2.imread(str(pred / "img0.jpg"))
