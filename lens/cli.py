@@ -37,6 +37,19 @@ if not console.is_terminal and "COLUMNS" not in os.environ:
     console.width = LOG_WIDTH
 
 
+def _output_place(value: Optional[Path]) -> Optional[Path]:
+    """Typer callback of an option naming a file or folder to create: a path through a file
+    (``--out photo.jpg/build``) is refused before any work; it failed at the end, on a
+    FileExistsError or NotADirectoryError traceback."""
+    if value is not None:
+        for parent in value.parents:  # the nearest that exists decides
+            if parent.exists():
+                if not parent.is_dir():
+                    raise typer.BadParameter(f"{value} goes through {parent}, which is a file, not a folder")
+                break
+    return value
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"lens {__version__}")
@@ -392,7 +405,7 @@ def _write_json(path: Path, payload: dict) -> None:
 
 @data_app.command("synth")
 def data_synth(
-    out: Path = typer.Argument(..., file_okay=False, help="Folder to write the pairs into (workload layout).", show_default=False),
+    out: Path = typer.Argument(..., file_okay=False, callback=_output_place, help="Folder to write the pairs into (workload layout).", show_default=False),
     regime: str = typer.Option("workload", help="Parameter regime: workload or general."),
     count: int = typer.Option(100, min=1, help="Number of pairs."),
     seed: int = typer.Option(0, help="Seed: the same seed gives the same files."),
@@ -416,7 +429,7 @@ def data_synth(
 @data_app.command("audit")
 def data_audit(
     folder: Path = typer.Argument(..., exists=True, file_okay=False, help="Folder of `<id>_original.jpg` / `<id>_generated.jpg` pairs.", show_default=False),
-    json_out: Optional[Path] = typer.Option(None, "--json", dir_okay=False, help="Also write the report as JSON."),
+    json_out: Optional[Path] = typer.Option(None, "--json", dir_okay=False, callback=_output_place, help="Also write the report as JSON."),
 ) -> None:
     """Count pairs and shoots; list image sizes, unmatched, unreadable, size-mismatched and
     near-identical pairs. Exit code 1 if any file is unmatched, unreadable or mismatched."""
@@ -528,7 +541,7 @@ def data_pseudo_label(
 @app.command()
 def train(
     stage: str = typer.Option(..., help="param | hybrid | finetune (hybrid starts from param's best, finetune from hybrid's)."),
-    run_dir: Path = typer.Option(Path("runs/default"), "--run", file_okay=False, help="Run folder; each stage writes `<run>/<stage>/{best,last}.pt`."),
+    run_dir: Path = typer.Option(Path("runs/default"), "--run", file_okay=False, callback=_output_place, help="Run folder; each stage writes `<run>/<stage>/{best,last}.pt`."),
     parent: Optional[Path] = typer.Option(None, help="Parent checkpoint (default: `<run>/<parent stage>/best.pt`)."),
     steps: int = typer.Option(2000, min=1),
     batch: int = typer.Option(32, min=2),
@@ -605,7 +618,7 @@ def evaluate_cmd(
     checkpoint: Path = typer.Option(..., exists=True, dir_okay=False, help="A lens checkpoint (.pt)."),
     data: str = typer.Option("synthetic:workload", help="synthetic:workload | synthetic:general | a folder of labelled pairs."),
     count: int = typer.Option(100, min=1, help="Images for synthetic data."),
-    json_out: Optional[Path] = typer.Option(None, "--json", dir_okay=False, help="Write the summary as JSON."),
+    json_out: Optional[Path] = typer.Option(None, "--json", dir_okay=False, callback=_output_place, help="Write the summary as JSON."),
     lines: bool = typer.Option(True, help="Also evaluate the network's lens refitted to straight lines (what `lens run` applies)."),
     split: str = typer.Option("val", help="A folder's pairs: val (the shoots its split holds out; the fixed baseline fitted on the others) "
                               "or all (every pair, e.g. a held-out set; the fixed baseline fitted on the same labels, an oracle)."),
@@ -671,8 +684,8 @@ def score(
     pred: Path = typer.Argument(..., exists=True, file_okay=False, help="Folder of predictions `<id>.jpg`.", show_default=False),
     gt: Path = typer.Argument(..., exists=True, file_okay=False, help="Folder of targets `<id>.jpg` or `<id>_generated.jpg`.", show_default=False),
     inputs: Optional[Path] = typer.Option(None, exists=True, file_okay=False, help="Uncorrected inputs: also report the score relative to them (uncorrected = 0)."),
-    csv_out: Optional[Path] = typer.Option(None, "--csv", dir_okay=False, help="Per-image scores as CSV."),
-    json_out: Optional[Path] = typer.Option(None, "--json", dir_okay=False, help="Summary as JSON."),
+    csv_out: Optional[Path] = typer.Option(None, "--csv", dir_okay=False, callback=_output_place, help="Per-image scores as CSV."),
+    json_out: Optional[Path] = typer.Option(None, "--json", dir_okay=False, callback=_output_place, help="Summary as JSON."),
     workers: int = typer.Option(2, min=1, help="Scoring threads."),
 ) -> None:
     """Proxy of the workload's per-image score (0..100): edges 40%, line straightness 22%,
@@ -739,8 +752,8 @@ def qa(
     pred: Path = typer.Argument(..., exists=True, file_okay=False, help="Folder of predictions `<id>.jpg`.", show_default=False),
     inputs: Path = typer.Option(..., exists=True, file_okay=False, help="Folder of the inputs (`<id>.jpg` or `<id>_original.jpg`)."),
     ids: Optional[Path] = typer.Option(None, exists=True, dir_okay=False, help="File with the exact expected ids, one per line (default: the inputs' ids)."),
-    report: Optional[Path] = typer.Option(None, dir_okay=False, help="Write an HTML report (failures, before/after thumbnails)."),
-    json_out: Path = typer.Option(Path("qa.json"), "--json", dir_okay=False, help="Where to write the gate results."),
+    report: Optional[Path] = typer.Option(None, dir_okay=False, callback=_output_place, help="Write an HTML report (failures, before/after thumbnails)."),
+    json_out: Path = typer.Option(Path("qa.json"), "--json", dir_okay=False, callback=_output_place, help="Where to write the gate results."),
     require_metadata: bool = typer.Option(True, help="Require `lens run` metadata beside the images."),
 ) -> None:
     """Gate a folder of predictions: exact id set, decodes, same size as input, changed,
@@ -761,7 +774,7 @@ def qa(
 @app.command()
 def package(
     pred: Path = typer.Argument(..., exists=True, file_okay=False, help="Folder of predictions `<id>.jpg`.", show_default=False),
-    out: Path = typer.Option(..., help="The zip to write, e.g. submission.zip."),
+    out: Path = typer.Option(..., callback=_output_place, help="The zip to write, e.g. submission.zip."),
     inputs: Path = typer.Option(..., exists=True, file_okay=False, help="Folder of the inputs, for QA."),
     ids: Optional[Path] = typer.Option(None, exists=True, dir_okay=False, help="Exact expected ids, one per line."),
     strict: bool = typer.Option(False, help="Also require `lens run` metadata with no hard-unsafe image."),
@@ -795,7 +808,7 @@ def package(
 @app.command("export")
 def export_cmd(
     checkpoint: Path = typer.Option(..., exists=True, dir_okay=False, help="A lens checkpoint (.pt)."),
-    out: Path = typer.Option(..., help="Build folder for the ONNX graphs, engines and manifest.json."),
+    out: Path = typer.Option(..., callback=_output_place, help="Build folder for the ONNX graphs, engines and manifest.json."),
     precision: str = typer.Option("fp32", help="fp32, or fp16 (network layers in fp16; grid and GridSample stay fp32)."),
     min_shape: str = typer.Option("1x3x256x256", help="TensorRT profile minimum, BxCxHxW."),
     opt_shape: str = typer.Option("4x3x1367x2048", help="TensorRT profile optimum, BxCxHxW."),
@@ -848,7 +861,7 @@ def parity(
     images: Path = typer.Option(..., exists=True, file_okay=False, help="Folder of images to run through every backend."),
     backends: str = typer.Option("torch,onnxruntime", help="Comma-separated; the first is the reference (torch, onnxruntime, tensorrt)."),
     checkpoint: Optional[Path] = typer.Option(None, exists=True, dir_okay=False, help="Checkpoint for the torch backend (default: the manifest's)."),
-    json_out: Path = typer.Option(Path("parity.json"), "--json", dir_okay=False, help="Where to write the report."),
+    json_out: Path = typer.Option(Path("parity.json"), "--json", dir_okay=False, callback=_output_place, help="Where to write the report."),
 ) -> None:
     """Compare parameters, grids (pixels), output images and chosen modes across backends;
     exit code 1 when any tolerance fails or a requested backend is unavailable."""

@@ -149,6 +149,8 @@ def test_parity_on_a_folder_that_is_not_a_build_and_export_onto_a_file_are_refus
     (tmp_path / "build").write_text("a file")
     result = runner.invoke(app, ["export", "--checkpoint", str(CHECKPOINT), "--out", str(tmp_path / "build")])
     assert result.exit_code == 2 and "is a file: name a folder for the build" in result.output.replace("\n", ""), result.output
+    result = runner.invoke(app, ["export", "--checkpoint", str(CHECKPOINT), "--out", str(tmp_path / "build" / "b")])
+    assert result.exit_code == 2 and "build, which is a file, not a folder" in " ".join(result.output.replace("│", " ").split()), result.output
 
 
 def test_files_that_are_not_lens_checkpoints_are_named_and_refused_by_every_command(tmp_path):

@@ -148,7 +148,7 @@ def test_qa_fails_damaged_run_metadata_naming_the_file_and_line(tmp_path, submis
     assert manifest["forced"] and manifest["run"] is None
 
 
-def test_an_output_file_option_naming_a_folder_is_refused_before_any_work(tmp_path, submission):
+def test_an_output_path_naming_a_folder_or_going_through_a_file_is_refused_before_any_work(tmp_path, submission):
     # --json / --csv / --report onto a folder stopped on an IsADirectoryError traceback, after
     # the whole run of gates or scores
     inputs, pred = submission
@@ -157,6 +157,12 @@ def test_an_output_file_option_naming_a_folder_is_refused_before_any_work(tmp_pa
                  ["score", str(pred), str(pred), "--csv", str(tmp_path)]):
         result = runner.invoke(app, args)
         assert result.exit_code == 2 and "is a directory" in result.output, (args, result.output)
+    # ... or a path through a file: FileExistsError / NotADirectoryError after the work
+    through = pred / "img0.jpg" / "submission.zip"
+    for args in (["package", str(pred), "--out", str(through), "--inputs", str(inputs), "--force"],
+                 ["qa", str(pred), "--inputs", str(inputs), "--json", str(through)]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2 and "img0.jpg, which is a file, not a folder" in " ".join(result.output.replace("│", " ").split()), (args, result.output)
 
 
 def test_qa_catches_black_borders_unchanged_images_bad_names_and_extras(tmp_path, submission):
