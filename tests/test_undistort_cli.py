@@ -100,6 +100,10 @@ def test_a_focal_length_that_is_not_positive_is_a_clear_usage_error(tmp_path, ph
     result = runner.invoke(app, ["undistort", str(tmp_path / "in.jpg"), str(tmp_path / "o.jpg"), "--k1", "-0.2", "--focal", "0"])
     assert result.exit_code == 2 and "a focal length is a positive number of pixels" in result.output
     assert not (tmp_path / "o.jpg").exists()
+    for option, value in (("--k1", "nan"), ("--p2", "inf"), ("--focal", "inf")):  # tracebacks from the first image
+        result = runner.invoke(app, ["undistort", str(tmp_path / "in.jpg"), str(tmp_path / "o.jpg"), option, value])
+        assert result.exit_code == 2 and f"Invalid value for {option}: a lens coefficient is a finite number" in result.output, result.output
+    assert not (tmp_path / "o.jpg").exists()
 
 
 def test_an_output_named_for_a_format_it_is_not_written_in_is_refused(tmp_path, photo_2048):
