@@ -361,7 +361,7 @@ def undistort(
 
     for hint, value in (("--k1", k1), ("--k2", k2), ("--k3", k3), ("--p1", p1), ("--p2", p2), ("--focal", focal), ("--cx", cx), ("--cy", cy)):
         if value is not None and not math.isfinite(value):  # nan and inf parse as floats: a traceback from the first image
-            raise typer.BadParameter(f"a lens coefficient is a finite number, not {value}", param_hint=hint)
+            raise typer.BadParameter(f"a lens parameter is a finite number, not {value}", param_hint=hint)
     if focal is not None and not focal > 0:  # was a traceback from the first image
         raise typer.BadParameter(f"a focal length is a positive number of pixels, not {focal}", param_hint="--focal")
     spec = LensSpec(k1, k2, k3, p1, p2, focal, cx, cy)

@@ -102,7 +102,7 @@ def test_a_focal_length_that_is_not_positive_is_a_clear_usage_error(tmp_path, ph
     assert not (tmp_path / "o.jpg").exists()
     for option, value in (("--k1", "nan"), ("--p2", "inf"), ("--focal", "inf")):  # tracebacks from the first image
         result = runner.invoke(app, ["undistort", str(tmp_path / "in.jpg"), str(tmp_path / "o.jpg"), option, value])
-        assert result.exit_code == 2 and f"Invalid value for {option}: a lens coefficient is a finite number" in result.output, result.output
+        assert result.exit_code == 2 and f"Invalid value for {option}: a lens parameter is a finite number" in result.output, result.output
     assert not (tmp_path / "o.jpg").exists()
 
 
