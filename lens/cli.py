@@ -730,7 +730,6 @@ def score(
 
 def _qa_report(pred: Path, inputs: Path, ids: Optional[Path], require_metadata: bool):
     from lens.qa.gates import run_gates
-
     from lens.qa.ids import read_ids
 
     if ids is not None:
