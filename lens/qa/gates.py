@@ -203,32 +203,35 @@ def run_gates(pred_dir: str | Path, inputs_dir: str | Path, ids_file: str | Path
     if inherited:
         shown = ", ".join(inherited[:5]) + (f" and {len(inherited) - 5} more" if len(inherited) > 5 else "")
         border_gate.note = f"the input's own fill, so not the warp's: {shown}"
-    try:
-        records, _ = read_run_metadata(pred_dir)
-    except MetadataUnreadable as exc:  # present but damaged: fails even where metadata is not required
-        records = None
-        meta_gate.fail(exc.file, f"metadata_unreadable: {exc.reason}")
-    if not meta_gate.passed:
-        pass
-    elif records is None:
-        if require_metadata:
-            meta_gate.fail("lens-run/images.jsonl", "metadata_missing: no `lens run` records beside the images")
-        else:
-            meta_gate.note = "no run metadata (not required without --strict)"
-    else:
-        for image_id in sorted(present.keys() & expected_set):
-            rec = records.get(image_id)
-            if rec is None:
-                meta_gate.fail(present[image_id].name, "metadata_missing: no run record for this image")
-            elif rec.get("hard_unsafe"):
-                meta_gate.fail(present[image_id].name, f"hard_unsafe: {', '.join(rec.get('reasons', [])) or 'flagged by the run'}")
-        if records:
-            by_id = {e["id"]: e for e in extremes}
-            for image_id, rec in records.items():
-                if image_id in by_id and rec.get("max_displacement_px") is not None:
-                    by_id[image_id]["max_displacement_px"] = rec["max_displacement_px"]
+    _check_run_metadata(meta_gate, pred_dir, {i: present[i] for i in present.keys() & expected_set}, extremes, require_metadata)
     # Most extreme first: by the run's largest displacement where every image has one, else by
     # how much the image changed.
     by_disp = bool(extremes) and all("max_displacement_px" in e for e in extremes)
     extremes.sort(key=lambda e: (-(e["max_displacement_px"] if by_disp else e["change"]), e["id"]))
     return QAReport(str(pred_dir), [id_gate, decode_gate, size_gate, ident_gate, border_gate, region_gate, meta_gate], len(expected), checked, extremes)
+
+
+def _check_run_metadata(gate: GateResult, pred_dir: Path, checked: dict[str, Path], extremes: list[dict], require_metadata: bool) -> None:
+    """The run_metadata gate over the ``checked`` predictions (id -> file), and each run
+    record's largest displacement added to ``extremes``."""
+    try:
+        records, _ = read_run_metadata(pred_dir)
+    except MetadataUnreadable as exc:  # present but damaged: fails even where metadata is not required
+        gate.fail(exc.file, f"metadata_unreadable: {exc.reason}")
+        return
+    if records is None:
+        if require_metadata:
+            gate.fail("lens-run/images.jsonl", "metadata_missing: no `lens run` records beside the images")
+        else:
+            gate.note = "no run metadata (not required without --strict)"
+        return
+    for image_id in sorted(checked):
+        rec = records.get(image_id)
+        if rec is None:
+            gate.fail(checked[image_id].name, "metadata_missing: no run record for this image")
+        elif rec.get("hard_unsafe"):
+            gate.fail(checked[image_id].name, f"hard_unsafe: {', '.join(rec.get('reasons', [])) or 'flagged by the run'}")
+    by_id = {e["id"]: e for e in extremes}
+    for image_id, rec in records.items():
+        if image_id in by_id and rec.get("max_displacement_px") is not None:
+            by_id[image_id]["max_displacement_px"] = rec["max_displacement_px"]

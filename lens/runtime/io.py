@@ -209,9 +209,9 @@ def _decode_jpeg(data: bytes, colorspace: str, at_least: tuple[int, int] | None 
     except ValueError as exc:
         text = " ".join(str(exc).split())
         said = text[:1].lower() + text[1:]
-        if said.lower().startswith("premature end of jpeg file"):
+        if text.lower().startswith("premature end of jpeg file"):
             raise DamagedJpeg(f"truncated JPEG: {said} (libjpeg): the end of the image is missing") from None
-        if any(d in said.lower() for d in _JPEG_DAMAGE):
+        if any(d in text.lower() for d in _JPEG_DAMAGE):
             raise DamagedJpeg(f"{said} (libjpeg): part of the image would come out grey or garbled") from None
     try:  # a harmless warning
         return simplejpeg.decode_jpeg(data, colorspace, strict=False, **size)
@@ -293,8 +293,6 @@ def read_image(path: str | os.PathLike, keep_jpeg: bool = False, draft: tuple[in
                             kept_icc, dropped = _icc_of_pixels(icc, 3)
                             return DecodedImage(None, exif=exif, icc_profile=kept_icc, segments=segments, encoded=data, encoded_size=(h, w),
                                                 notes=notes + dropped)
-                if draft is not None and img.format in JPEG_FORMATS:
-                    img.draft("L", draft)
                 if draft is None:
                     pixels = _fast_decode(path, img.format, img.mode)
                 elif img.format in JPEG_FORMATS and img.mode in ("RGB", "L"):  # checked for damage like a full decode
@@ -302,6 +300,8 @@ def read_image(path: str | os.PathLike, keep_jpeg: bool = False, draft: tuple[in
                 else:
                     pixels = None
                 if pixels is None:
+                    if draft is not None and img.format in JPEG_FORMATS:
+                        img.draft("L", draft)
                     img.load()
                     pixels = _to_uint8_array(img)
     except ImageReadError:
