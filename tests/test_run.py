@@ -833,7 +833,7 @@ def test_runtime_needs_no_torch(tmp_path, photos):
 
 def test_damaged_files_are_reported_without_anonymous_library_warnings(tmp_path):
     """Pillow warned, unattributed, of EXIF it could not parse as it opened such a JPEG (which
-    is corrected, its EXIF block copied as it is); libpng and OpenCV of a PNG cut short."""
+    is corrected, its EXIF block copied as it is); libpng and OpenCV of a PNG cut short or damaged."""
     folder = tmp_path / "in"
     folder.mkdir()
     exif = Image.Exif()
@@ -845,13 +845,17 @@ def test_damaged_files_are_reported_without_anonymous_library_warnings(tmp_path)
     data[app1 + 4 + 6 + 8 + 2 + 8 : app1 + 4 + 6 + 8 + 2 + 12] = b"\xff\xff\x00\x00"  # the first tag's value points past the block
     (folder / "edited.jpg").write_bytes(bytes(data))
     block = bytes(data[app1 : app1 + 2 + int.from_bytes(data[app1 + 2 : app1 + 4], "big")])
-    # and a PNG cut short: reported by name, without libpng's and OpenCV's anonymous lines
+    # and PNGs cut short and damaged: reported by name, without libpng's and OpenCV's anonymous lines
     Image.fromarray(_small("coffee.jpg", 256)).save(folder / "cut.png")
-    (folder / "cut.png").write_bytes((folder / "cut.png").read_bytes()[:-5000])
+    data = (folder / "cut.png").read_bytes()
+    (folder / "cut.png").write_bytes(data[:-5000])
+    damaged = bytearray(data)
+    damaged[data.index(b"IDAT") + 1000] ^= 1
+    (folder / "damaged.png").write_bytes(bytes(damaged))
     proc = subprocess.run([sys.executable, "-m", "lens", "run", str(folder), str(tmp_path / "out"), "--refine", "off"],
                           capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 1, proc.stderr[-2000:]  # the PNG failed
-    assert "cut.png: corrupt or truncated image" in proc.stderr
+    assert proc.returncode == 1, proc.stderr[-2000:]  # the PNGs failed
+    assert "cut.png: truncated PNG" in proc.stderr and "damaged.png: corrupt PNG: its IDAT chunk" in proc.stderr
     assert "Warning" not in proc.stderr and "WARN" not in proc.stderr and "libpng" not in proc.stderr, proc.stderr
     assert block in (tmp_path / "out" / "edited.jpg").read_bytes()
 

@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from lens.conventions import WORKLOAD_INPUT_SUFFIX, WORKLOAD_TARGET_SUFFIX
+from lens.runtime.container_checks import PNG_SIGNATURE, named_by_signature, png_problem, webp_problem
 
 #: Extensions read as images when a folder is given (HEIC / HEIF with the ``heif`` extra).
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp", ".heic", ".heif")
@@ -90,9 +91,7 @@ class DecodedImage:
         return self.pixels.shape[1] if self.pixels is not None else self.encoded_size[1]
 
 
-def _is_heif(path: Path) -> bool:
-    with open(path, "rb") as f:
-        head = f.read(12)
+def _is_heif(head: bytes) -> bool:
     return head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS
 
 
@@ -219,29 +218,23 @@ def _decode_jpeg(data: bytes, colorspace: str, at_least: tuple[int, int] | None 
         return None
 
 
-_PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the IEND chunk: no data, its CRC
-
-
-def _fast_decode(path: Path, fmt: str | None, mode: str) -> np.ndarray | None:
+def _fast_decode(path: Path, fmt: str | None, mode: str, data: np.ndarray | None = None) -> np.ndarray | None:
     """libjpeg-turbo / OpenCV decode of 8-bit RGB / L JPEG and PNG; None where Pillow must do
     it. A JPEG whose data is damaged or cut short raises `DamagedJpeg` (`_decode_jpeg`); data
     after its end marker (a phone's Motion Photo video) is not read. A CMYK JPEG is checked
     the same way, then left to Pillow (which reads Adobe's inverted CMYK and converts it), so
-    it costs a second decode: CMYK JPEGs come from print workflows, not cameras."""
+    it costs a second decode: CMYK JPEGs come from print workflows, not cameras. A PNG's
+    chunks have been checked (`png_problem`). ``data``: the file's bytes, where already read."""
     if fmt in JPEG_FORMATS and mode == "CMYK":
         _decode_jpeg(np.fromfile(path, dtype=np.uint8), "CMYK")
         return None
     if fmt not in (*JPEG_FORMATS, "PNG") or mode not in ("RGB", "L"):
         return None
-    data = np.fromfile(path, dtype=np.uint8)
+    data = np.fromfile(path, dtype=np.uint8) if data is None else data
     if fmt in JPEG_FORMATS:
         pixels = _decode_jpeg(data, "GRAY" if mode == "L" else "RGB")
         if pixels is not None:
             return pixels
-    elif bytes(data[-12:]) != _PNG_END:
-        # cut short (a broken download): Pillow names it truncated, where OpenCV's libpng
-        # printed its own error and OpenCV a warning to stderr, naming no file, before that
-        return None
     # OpenCV >= 4.10 decodes straight to RGB: the same bytes as BGR + cvtColor, ~2-3 ms less
     # for a 2048 px photo
     rgb_flag = getattr(cv2, "IMREAD_COLOR_RGB", None)
@@ -269,8 +262,18 @@ def read_image(path: str | os.PathLike, keep_jpeg: bool = False, draft: tuple[in
         raise ImageReadError(path, f"cannot open: {exc.strerror or exc}" + (f" (a link to {os.readlink(path)})" if path.is_symlink() else "")) from None
     if size == 0:
         raise ImageReadError(path, "empty file (0 bytes)")
+    data = None  # a PNG's bytes, read for its checks
     try:
-        if _is_heif(path) and (problem := _heif_problem()):
+        with open(path, "rb") as f:
+            head = f.read(12)
+        if _is_heif(head) and (problem := _heif_problem()):
+            raise ImageReadError(path, problem)
+        if head.startswith(PNG_SIGNATURE):
+            data = np.fromfile(path, dtype=np.uint8)
+            problem = png_problem(data)
+        else:
+            problem = webp_problem(head, size)
+        if problem:
             raise ImageReadError(path, problem)
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -294,7 +297,7 @@ def read_image(path: str | os.PathLike, keep_jpeg: bool = False, draft: tuple[in
                             return DecodedImage(None, exif=exif, icc_profile=kept_icc, segments=segments, encoded=data, encoded_size=(h, w),
                                                 notes=notes + dropped)
                 if draft is None:
-                    pixels = _fast_decode(path, img.format, img.mode)
+                    pixels = _fast_decode(path, img.format, img.mode, data)
                 elif img.format in JPEG_FORMATS and img.mode in ("RGB", "L"):  # checked for damage like a full decode
                     pixels = _decode_jpeg(np.fromfile(path, dtype=np.uint8), "GRAY", draft)
                 else:
@@ -307,6 +310,8 @@ def read_image(path: str | os.PathLike, keep_jpeg: bool = False, draft: tuple[in
     except ImageReadError:
         raise
     except UnidentifiedImageError:
+        if fmt := named_by_signature(head):  # a TIFF cut before its directory, a JPEG's header overwritten
+            raise ImageReadError(path, f"damaged {fmt} file: it starts as a {fmt} does, but no decoder can read its header (cut short or overwritten)") from None
         raise ImageReadError(path, "not a readable image (unknown or corrupt format)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageReadError(path, f"image too large (decompression bomb guard): {exc}") from None
