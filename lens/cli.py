@@ -327,7 +327,7 @@ def run_cmd(
     if summary["notes"]:
         said = {"alpha_dropped": "alpha channel", "depth_reduced": "bits beyond 8", "frames_dropped": "images after the first",
                 "icc_dropped": "a CMYK or Lab colour profile", "motion_video_dropped": "a Motion Photo's video",
-                "depth_dropped": "a Dynamic Depth photo's depth map"}
+                "depth_dropped": "a Dynamic Depth photo's depth map", "exif_dropped": "EXIF too large for a JPEG (over 64 KB)"}
         console.print("not kept from their inputs: " + ", ".join(f"{said.get(note, note)} ({n} {note})" for note, n in summary["notes"].items())
                       + f"; which ones: {escape(str(out / 'lens-run' / 'images.jsonl'))}", soft_wrap=True)
     if summary["failed"]:

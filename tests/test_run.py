@@ -656,6 +656,35 @@ def test_an_rgb_photos_icc_profile_is_kept_and_a_cmyk_ones_is_not_put_on_rgb_pix
     assert records["cmyk"]["notes"] == ["icc_dropped"] and records["rgb"]["notes"] == []
 
 
+def test_exif_too_large_for_a_jpeg_output_is_noted_not_dropped_silently(tmp_path):
+    """A WebP's (or HEIC's) EXIF may exceed the 64 KB of a JPEG's APP1 segment: its JPEG output
+    has none, which was said nowhere; a PNG output keeps it."""
+    exif = Image.Exif()
+    exif[0x010F] = "Canon"
+    exif[0x927C] = bytes(range(256)) * 300  # a maker note of 75 KB
+    shoot = tmp_path / "shoot"
+    shoot.mkdir()
+    rgb = Image.fromarray(_small("rocket.jpg", 256))
+    rgb.save(shoot / "big.webp", exif=exif.tobytes())
+    rgb.save(shoot / "scan.png", exif=exif.tobytes())
+    rgb.save(shoot / "small.webp", exif=_small_exif())
+    out = tmp_path / "out"
+    result = _run(shoot, out, "--refine", "off")
+    assert result.exit_code == 0, result.output
+    records = {r["source"].rsplit("/", 1)[1]: r for r in map(json.loads, (out / "lens-run" / "images.jsonl").read_text().splitlines())}
+    assert records["big.webp"]["notes"] == ["exif_dropped"]
+    assert records["scan.png"]["notes"] == [] and records["small.webp"]["notes"] == []
+    with Image.open(out / "scan.png") as p, Image.open(out / "small.jpg") as s:
+        assert p.getexif()[0x010F] == "Canon" and s.getexif()[0x010F] == "Nikon"
+    assert "EXIF too large for a JPEG (over 64 KB) (1 exif_dropped)" in result.output
+
+
+def _small_exif() -> bytes:
+    exif = Image.Exif()
+    exif[0x010F] = "Nikon"
+    return exif.tobytes()
+
+
 def test_xmp_and_iptc_of_a_jpeg_are_kept(tmp_path):
     # a photographer's copyright, keywords and ratings live there
     xmp = b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><dc:rights>(c) Studio</dc:rights><xmp:Rating>5</xmp:Rating></x:xmpmeta>'

@@ -413,13 +413,23 @@ def output_format(path: Path) -> str:
     return "PNG" if path.suffix.lower() == ".png" else "JPEG"
 
 
+def _exif_payload(exif: bytes) -> bytes:
+    return exif if exif.startswith(b"Exif\x00\x00") else b"Exif\x00\x00" + exif
+
+
+def exif_fits_jpeg(exif: bytes | None) -> bool:
+    """Whether a JPEG output can hold ``exif``: one APP1 segment, 65,533 bytes at most (a
+    PNG's, WebP's or HEIC's EXIF may be larger; the JPEG output then has none: `exif_dropped`)."""
+    return not exif or len(_exif_payload(exif)) <= 65533
+
+
 def _jpeg_segments(exif: bytes | None, icc: bytes | None, segments: tuple[bytes, ...] = ()) -> bytes:
-    """APP1 (Exif), the kept XMP and IPTC segments, and APP2 (ICC_PROFILE, split into chunks)."""
+    """APP1 (Exif) where it fits, the kept XMP and IPTC segments, and APP2 (ICC_PROFILE, split
+    into chunks)."""
     out = b""
-    if exif:
-        payload = exif if exif.startswith(b"Exif\x00\x00") else b"Exif\x00\x00" + exif
-        if len(payload) <= 65533:
-            out += b"\xff\xe1" + (len(payload) + 2).to_bytes(2, "big") + payload
+    if exif and exif_fits_jpeg(exif):
+        payload = _exif_payload(exif)
+        out += b"\xff\xe1" + (len(payload) + 2).to_bytes(2, "big") + payload
     out += b"".join(segments)
     if icc:
         chunk = 65519

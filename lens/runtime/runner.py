@@ -14,7 +14,7 @@ import numpy as np
 
 from lens.conventions import PARAM_NAMES, SAFETY_STATS
 from lens.runtime.backends import Backend
-from lens.runtime.io import DecodedImage, ImageReadError, encode_image, jpeg_metadata_pieces, output_format, read_image, write_atomic
+from lens.runtime.io import DecodedImage, ImageReadError, encode_image, exif_fits_jpeg, jpeg_metadata_pieces, output_format, read_image, write_atomic
 from lens.runtime.lens_maps import correction_maps, lattice_safety, maps_from_lattice
 from lens.runtime.policy import MODES, SafetyThresholds, reasons_from_masks, violations
 from lens.runtime.sampling import warp_with_maps
@@ -156,7 +156,8 @@ class Runner:
                 safety["param_only"] = refined.safety
         unsafe = violations(safety[MODES[mode]], self.t, check_residual=mode == 0)
         alpha_dropped = job.image.pixels is not None and job.image.pixels.shape[2] == 4 and not alpha_kept
-        notes = (["alpha_dropped"] if alpha_dropped else []) + list(job.image.notes)
+        exif_dropped = output_format(job.output) == "JPEG" and not exif_fits_jpeg(job.image.exif)
+        notes = (["alpha_dropped"] if alpha_dropped else []) + (["exif_dropped"] if exif_dropped else []) + list(job.image.notes)
         return {
             "id": job.image_id, "source": str(job.source), "source_stat": job.source_stat, "output": str(job.output), "status": "ok", "error": None,
             "size": [job.image.width, job.image.height], "mode": MODES[mode],
