@@ -31,7 +31,12 @@ def photos(tmp_path_factory) -> Path:
         rgb = cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB)
         Image.fromarray(rgb).save(folder / f"a{i}.jpg", quality=92, exif=exif.tobytes() if i == 0 else b"")
     Image.fromarray(rgb[:600, :900, 0]).save(folder / "grey.jpg", quality=92)  # CPU-decoded, greyscale out
-    (folder / "cut.jpg").write_bytes((folder / "a1.jpg").read_bytes()[:-5000])  # truncated: reported
+    data = (folder / "a1.jpg").read_bytes()
+    (folder / "cut.jpg").write_bytes(data[:-5000])  # truncated: reported
+    # bytes lost from the middle of the compressed data, the end marker kept: the CPU decoder
+    # refuses it (libjpeg: premature end of data segment); the GPU path must not ship it either
+    middle = (data.index(b"\xff\xda") + len(data)) // 2
+    (folder / "damaged.jpg").write_bytes(data[:middle] + data[middle + 200 :])
     return folder
 
 
@@ -47,7 +52,7 @@ def _run(src, out, backend, codec, batch=4):
 def test_gpu_codec_matches_cpu_path_and_keeps_metadata(tmp_path, photos, torch_cuda):
     summary = _run(photos, tmp_path / "gpu", torch_cuda, "gpu")
     assert summary["codec"].startswith("gpu")
-    assert [f["id"] for f in summary["failed"]] == ["cut"]
+    assert sorted(f["id"] for f in summary["failed"]) == ["cut", "damaged"]
     cpu = run(photos, tmp_path / "cpu", OnnxRuntimeBackend(DEFAULT_BUILD, "cpu"), RunOptions(workers=2, refine="off"), {})
     assert cpu["ok"] == summary["ok"] == 4
     for name in ("a0.jpg", "a1.jpg", "a2.jpg", "grey.jpg"):
