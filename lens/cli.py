@@ -321,6 +321,12 @@ def run_cmd(
     if summary["unlocked"]:
         console.print(f"[yellow]note:[/] {escape(str(out))} was not locked for this run: {escape(summary['unlocked'])}; "
                       "a second lens run into it at the same time would not have been refused", soft_wrap=True)
+    if summary["held_photos"]["capped"]:
+        held = summary["held_photos"]
+        console.print(f"[yellow]note:[/] memory held the run back: it held at most {held['peak']} decoded photos (up to "
+                      f"{held['largest_photo_bytes'] / 1e6:.0f} MB each) within the {held['budget_bytes'] / 1e9:.1f} GB it may fill (half of "
+                      "the memory available at its start), fewer than --workers and --batch would read ahead; a smaller --batch or "
+                      "--workers asks for less", soft_wrap=True)
     if summary["batch_retried"]:
         console.print(f"{summary['batch_retried']} images were run one at a time after their batch failed (a smaller --batch may "
                       f"avoid it); the batches' faults: 'batch_retry' in {escape(str(out / 'lens-run' / 'images.jsonl'))}", soft_wrap=True)

@@ -1010,6 +1010,55 @@ def test_default_workers_follow_the_container_cpu_quota(tmp_path, monkeypatch):
     assert usable_cores(v1, self_cgroup) == 2
 
 
+def test_available_memory_follows_the_machine_and_the_container_limit(tmp_path):
+    from lens.runtime.held_photos import available_memory
+
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       65000000 kB\nMemFree:         1000000 kB\nMemAvailable:   40000000 kB\n")
+    root, self_cgroup = tmp_path / "cgroup", tmp_path / "self_cgroup"
+    pod = root / "kubepods" / "pod1"
+    pod.mkdir(parents=True)
+    self_cgroup.write_text("0::/kubepods/pod1\n")
+    (pod / "memory.max").write_text("max\n")
+    assert available_memory(meminfo, root, self_cgroup) == 40000000 * 1024  # no limit: the machine's
+    # an 8 GiB pod using 5 GiB, 2 GiB of it file cache the kernel would reclaim first
+    (root / "kubepods" / "memory.max").write_text(f"{8 << 30}\n")
+    (root / "kubepods" / "memory.current").write_text(f"{5 << 30}\n")
+    (root / "kubepods" / "memory.stat").write_text(f"anon {3 << 30}\ninactive_file {2 << 30}\n")
+    assert available_memory(meminfo, root, self_cgroup) == 5 << 30
+    v1 = tmp_path / "v1"  # cgroup v1: "no limit" is a number near 2^63
+    (v1 / "memory" / "docker" / "abc").mkdir(parents=True)
+    (v1 / "memory" / "memory.limit_in_bytes").write_text("9223372036854771712\n")
+    (v1 / "memory" / "docker" / "abc" / "memory.limit_in_bytes").write_text(f"{4 << 30}\n")
+    (v1 / "memory" / "docker" / "abc" / "memory.usage_in_bytes").write_text(f"{1 << 30}\n")
+    self_cgroup.write_text("4:memory:/docker/abc\n2:cpu,cpuacct:/docker/abc\n")
+    assert available_memory(meminfo, v1, self_cgroup) == 3 << 30
+    assert available_memory(tmp_path / "absent", tmp_path / "none", tmp_path / "none") is None  # not Linux: no cap
+
+
+def test_a_run_short_of_memory_holds_fewer_photos_and_writes_the_same_bytes(tmp_path, monkeypatch):
+    """Decoded photos read ahead for 2 x workers x batch, plus the batches in flight: ~800 of
+    them for --batch 16 and 16 workers, ~58 GB of 24 MP photos. Past the memory a run may
+    fill, it reads ahead less instead of being killed, with the same outputs."""
+    from lens.runtime import pipeline
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i, name in enumerate(["rocket.jpg", "coffee.jpg", "astronaut.jpg"] * 3):
+        Image.fromarray(cv2.resize(_small(name, 320), (320, 240))).save(photos / f"p{i:02d}.jpg", quality=92)
+    largest = 320 * 240 * 3
+    assert _run(photos, tmp_path / "free", "--workers", "4", "--refine", "off").exit_code == 0
+    free = json.loads((tmp_path / "free" / "lens-run" / "summary.json").read_text())["held_photos"]
+    assert free["peak"] > 3 and not free["capped"] and free["budget_bytes"] > 0
+    monkeypatch.setattr(pipeline, "held_photos_budget", lambda: int(3.5 * largest))
+    result = _run(photos, tmp_path / "short", "--workers", "4", "--refine", "off")
+    assert result.exit_code == 0
+    short = json.loads((tmp_path / "short" / "lens-run" / "summary.json").read_text())["held_photos"]
+    assert short["capped"] and short["peak"] <= 3 and short["largest_photo_bytes"] == largest
+    assert "memory held the run back: it held at most" in " ".join(result.output.split())
+    assert _outputs(tmp_path / "short") == _outputs(tmp_path / "free")
+
+
 def test_a_build_that_is_old_incomplete_or_damaged_is_refused_with_the_command_to_fix_it(tmp_path, photos):
     # the CPU graph was once one file, lens_cpu.onnx (at first taking the full image and
     # returning full-size maps); the runtime now runs its two halves

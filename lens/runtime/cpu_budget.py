@@ -46,17 +46,22 @@ def _quota_v1(folder: Path) -> float | None:
         return None
 
 
-def _cgroup_folders(cgroup_root: Path, self_cgroup: Path) -> list[Path]:
-    """This process's cgroup folders and their ancestors up to the root (a limit anywhere
-    above applies too). A container usually sees its own cgroup as the root."""
-    folders = [cgroup_root, cgroup_root / "cpu", cgroup_root / "cpu,cpuacct"]
+# where cgroup v1 mounts a controller's hierarchy (v2 has one, at the root)
+_V1_MOUNTS = {"cpu": ("cpu", "cpu,cpuacct"), "memory": ("memory",)}
+
+
+def cgroup_folders(cgroup_root: Path, self_cgroup: Path, controller: str = "cpu") -> list[Path]:
+    """This process's cgroup folders for ``controller`` ("cpu" or "memory") and their
+    ancestors up to the root (a limit anywhere above applies too). A container usually sees
+    its own cgroup as the root."""
+    folders = [cgroup_root] + [cgroup_root / name for name in _V1_MOUNTS[controller]]
     for line in (_read(self_cgroup) or "").splitlines():
         fields = line.split(":", 2)
         if len(fields) != 3:
             continue
         if fields[0] == "0":  # v2: one unified hierarchy
             base = cgroup_root
-        elif "cpu" in fields[1].split(","):  # v1: the cpu controller's hierarchy (e.g. "cpu,cpuacct")
+        elif controller in fields[1].split(","):  # v1: the controller's hierarchy (e.g. "cpu,cpuacct")
             base = cgroup_root / fields[1]
         else:
             continue
@@ -75,7 +80,7 @@ def usable_cores(cgroup_root: Path = CGROUP_ROOT, self_cgroup: Path = SELF_CGROU
         cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # not Linux
         cores = os.cpu_count() or 1
-    for folder in _cgroup_folders(cgroup_root, self_cgroup):
+    for folder in cgroup_folders(cgroup_root, self_cgroup):
         quota = _quota_v2(folder) or _quota_v1(folder)
         if quota:
             cores = min(cores, math.ceil(quota))

@@ -27,6 +27,7 @@ import numpy as np
 from lens.conventions import MAX_CORNER_RADIUS
 from lens.runtime.backends import Backend
 from lens.runtime.cpu_budget import opencv_threads_per_worker
+from lens.runtime.held_photos import HeldPhotos, held_photos_budget
 from lens.runtime.io import ImageReadError, claim_output_names, image_id, list_images, output_name, read_image, write_atomic
 from lens.runtime.memory import keep_freed_memory
 from lens.runtime.metadata import IMAGES_FILE, RUN_DIR, SUMMARY_FILE
@@ -256,7 +257,10 @@ def _run_locked(src: Path, out: Path, run_dir: Path, backend: Backend, options: 
         if on_image:
             on_image(rec)
 
+    held = HeldPhotos(held_photos_budget())
+
     def failed(job: Job) -> None:
+        held.done()
         record(failure_record(job))
 
     for r in refused:
@@ -280,13 +284,22 @@ def _run_locked(src: Path, out: Path, run_dir: Path, backend: Backend, options: 
             decode_futures: list[Future] = []
             it = iter(todo)
 
+            def oldest() -> Job:
+                job = decode_futures.pop(0).result()
+                if job.image is not None:
+                    held.saw(job.image.pixels.nbytes if job.image.pixels is not None else len(job.image.encoded))
+                return job
+
             def decoded() -> Iterator[Job]:
-                for job in it:  # keep a bounded window of decodes in flight
+                for job in it:
+                    while decode_futures and held.full(more=1):  # none ahead that would overfill the photos' share of memory
+                        yield oldest()
                     decode_futures.append(pool.submit(_decode, job, codec is not None))
-                    if len(decode_futures) >= window:
-                        yield decode_futures.pop(0).result()
+                    held.add()
+                    if len(decode_futures) >= window:  # and a bounded window of decodes in flight
+                        yield oldest()
                 while decode_futures:
-                    yield decode_futures.pop(0).result()
+                    yield oldest()
 
             in_flight: list[tuple[Future, list[Job]]] = []
 
@@ -297,6 +310,7 @@ def _run_locked(src: Path, out: Path, run_dir: Path, backend: Backend, options: 
                         records_done = fut.result()
                     except Exception as exc:  # faults of one image are caught inside; this is an image alone
                         records_done = [fault_record(j, exc) for j in batch_jobs]
+                    held.done(len(batch_jobs))
                     for rec in records_done:
                         record(rec)
 
@@ -304,6 +318,8 @@ def _run_locked(src: Path, out: Path, run_dir: Path, backend: Backend, options: 
                 for batch_jobs in _batches(decoded(), batch, failed):
                     in_flight.append((pool.submit(runner.process, batch_jobs), batch_jobs))
                     drain(workers)
+                    while in_flight and held.full(more=1):  # room for the next photo first
+                        drain(len(in_flight) - 1)
                 drain(0)
             except KeyboardInterrupt:
                 # Ctrl-C: images not started are dropped; those being written finish and are
@@ -342,6 +358,8 @@ def _run_locked(src: Path, out: Path, run_dir: Path, backend: Backend, options: 
         # None: no other run could write here meanwhile; else why the folder was not locked
         "unlocked": unlocked,
         "lines": _lines_summary(ok_now, line_fit, line_fit_reason),
+        # decoded photos held at most, and whether their share of memory held the run back (`HeldPhotos`)
+        "held_photos": held.as_dict(),
         "backend_state": backend.describe(),
         "options": {"batch": options.batch, "workers": options.workers, "quality": options.quality, "recursive": options.recursive,
                     "mode": "auto" if options.mode_override < 0 else MODES[options.mode_override]},
