@@ -1010,6 +1010,37 @@ def test_default_workers_follow_the_container_cpu_quota(tmp_path, monkeypatch):
     assert usable_cores(v1, self_cgroup) == 2
 
 
+def test_a_full_output_disk_stops_the_run_and_resume_goes_on(tmp_path, photos, monkeypatch):
+    """Once the disk is full every later photo was still decoded, inferred and warped only to
+    fail its write, each with its own line (thousands, for a large folder). The run now stops
+    at the first, saying how to go on; --resume then completes it with the same bytes."""
+    import errno
+
+    from lens.runtime import runner as runner_module
+
+    real, written = runner_module.write_atomic, []
+
+    def filling_up(path, data, durable=False):
+        if len(written) >= 3:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        written.append(path)
+        real(path, data, durable)
+
+    monkeypatch.setattr(runner_module, "write_atomic", filling_up)
+    out = tmp_path / "out"
+    result = _run(photos, out, "--workers", "2", "--refine", "off")
+    assert result.exit_code == 1
+    said = " ".join(result.output.split())
+    assert "No space left on device; stopped after" in said and "add --resume to the same command" in said
+    records = [json.loads(line) for line in (out / "lens-run" / "images.jsonl.part").read_text().splitlines()]
+    assert sum(r["status"] == "ok" for r in records) == 3 and len(records) < 9  # not every photo tried
+    assert len(list(out.glob("*.jpg"))) == 3 and not list(out.glob(".*.part"))
+    monkeypatch.undo()
+    assert _run(photos, out, "--workers", "2", "--refine", "off", "--resume").exit_code == 0
+    assert _run(photos, tmp_path / "clean", "--workers", "2", "--refine", "off").exit_code == 0
+    assert _outputs(out) == _outputs(tmp_path / "clean")
+
+
 def test_available_memory_follows_the_machine_and_the_container_limit(tmp_path):
     from lens.runtime.held_photos import available_memory
 

@@ -32,7 +32,7 @@ from lens.runtime.io import ImageReadError, claim_output_names, image_id, list_i
 from lens.runtime.memory import keep_freed_memory
 from lens.runtime.metadata import IMAGES_FILE, RUN_DIR, SUMMARY_FILE
 from lens.runtime.policy import MODES
-from lens.runtime.run_folder import RecordsUnwritable, RunRefused, clean_stale_temporaries, exclusive, hold_to_settings, read_records, source_stat
+from lens.runtime.run_folder import OutputDiskFull, RecordsUnwritable, RunRefused, clean_stale_temporaries, exclusive, hold_to_settings, read_records, source_stat
 from lens.runtime.runner import Job, RunOptions, Runner, failure_record, fault_record
 
 __all__ = ["Job", "RunOptions", "Runner", "choose_codec", "line_fit_plan", "output_settings", "plan", "run"]
@@ -313,6 +313,9 @@ def _run_locked(src: Path, out: Path, run_dir: Path, backend: Backend, options: 
                     held.done(len(batch_jobs))
                     for rec in records_done:
                         record(rec)
+                    full = next((j for j in batch_jobs if j.disk_full), None)
+                    if full is not None:
+                        raise OutputDiskFull(full.error)
 
             try:
                 for batch_jobs in _batches(decoded(), batch, failed):
@@ -328,6 +331,14 @@ def _run_locked(src: Path, out: Path, run_dir: Path, backend: Backend, options: 
                     fut.cancel()
                 in_flight[:] = [(f, b) for f, b in in_flight if not f.cancel()]  # cancel(): True if it had not started
                 drain(0)
+                raise
+            except RecordsUnwritable:
+                # a full disk: images not started are dropped (their records or outputs would
+                # not fit either); --resume redoes whatever has no record
+                for fut in decode_futures:
+                    fut.cancel()
+                for fut, _ in in_flight:
+                    fut.cancel()
                 raise
     finally:
         try:

@@ -31,6 +31,12 @@ class RecordsUnwritable(RuntimeError):
     ``--resume``."""
 
 
+class OutputDiskFull(RecordsUnwritable):
+    """An output could not be written for want of space or quota: every later one would fail
+    the same way after its decode, inference and warp, so the run stops as when its records
+    cannot be written (the image is recorded as failed; ``--resume`` redoes it)."""
+
+
 @contextmanager
 def exclusive(run_dir: Path) -> Iterator[str | None]:
     """Hold ``run_dir``'s lock file for the run: a second run into the same folder (an

@@ -4,6 +4,7 @@ photo's (`fault_record`). `lens.runtime.pipeline` feeds it batches and keeps the
 from __future__ import annotations
 
 import contextlib
+import errno
 import threading
 import time
 from dataclasses import dataclass, field
@@ -40,6 +41,7 @@ class Job:
     image: DecodedImage | None = None
     error: str | None = None
     timings: dict = field(default_factory=dict)
+    disk_full: bool = False  # its output failed for want of space or quota (`fault_record`): the run stops
     source_stat: list[int] | None = None  # [size in bytes, mtime in ns] when planned (`lens.runtime.run_folder.source_stat`)
 
 
@@ -331,11 +333,15 @@ def fault_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
 
 
+DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})  # no space left; disk quota exceeded
+
+
 def fault_record(job: Job, exc: BaseException) -> dict:
     """``job``'s failure record for a fault no check foresaw: its output could not be written
     (``OSError``: a full disk, a folder in the way), or it could not be corrected (an OpenCV
     assertion, a bug of lens's); the thousands of photos after it go on."""
     if isinstance(exc, OSError):
+        job.disk_full = exc.errno in DISK_FULL
         return _failure(job, f"cannot write {job.output}: {exc.strerror or exc}")
     return _failure(job, f"could not be corrected ({fault_text(exc)})")
 
