@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import threading
 import time
 import warnings
@@ -24,7 +25,27 @@ from lens import __version__
 
 LOG_WIDTH = 160  # columns of the console's lines when it writes to a file or a pipe
 
-app = typer.Typer(
+class _LensApp(typer.Typer):
+    """The app; its one catch-all is a full disk (or an exceeded quota), which any command that
+    writes (a zip, a report, a checkpoint, an export, pairs) can meet: a line saying so, exit
+    code 1, instead of a traceback through zipfile or torch. `lens run` stops on it itself,
+    with the way on (`--resume`)."""
+
+    def __call__(self, *args, **kwargs):
+        from lens.runtime.runner import DISK_FULL
+
+        try:
+            return super().__call__(*args, **kwargs)
+        except OSError as exc:
+            if exc.errno not in DISK_FULL:
+                raise
+            where = f" writing {exc.filename}" if exc.filename else ""
+            console.print(f"[red]error:[/] {escape(exc.strerror or str(exc))}{escape(where)}: free some space and run the command again",
+                          soft_wrap=True)
+            sys.exit(1)
+
+
+app = _LensApp(
     name="lens",
     help="Automatic lens-distortion correction: predict, export, run, check and package.",
     no_args_is_help=True,

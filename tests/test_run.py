@@ -1041,6 +1041,41 @@ def test_a_full_output_disk_stops_the_run_and_resume_goes_on(tmp_path, photos, m
     assert _outputs(out) == _outputs(tmp_path / "clean")
 
 
+def test_other_commands_meeting_a_full_disk_say_so_in_a_line(tmp_path, photos, monkeypatch, capsys):
+    """`lens qa --json` and `lens package` on a full disk ended in a traceback through zipfile
+    or json, and the write's error named no file."""
+    import errno
+
+    from lens.cli import app
+
+    assert _run(photos, tmp_path / "out", "--refine", "off").exit_code == 0
+    real_fdopen = os.fdopen
+
+    class FullDisk:
+        def __init__(self, fd, *args, **kwargs):
+            self.file = real_fdopen(fd, *args, **kwargs)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.file.close()
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fdopen", FullDisk)  # what `write_atomic` writes through
+    for command in (["qa", tmp_path / "out", "--inputs", photos, "--json", tmp_path / "qa.json"],
+                    ["package", tmp_path / "out", "--inputs", photos, "--out", tmp_path / "sub.zip"]):
+        with pytest.raises(SystemExit) as stop:
+            app([str(a) for a in command], prog_name="lens")
+        assert stop.value.code == 1
+        said = " ".join(capsys.readouterr().err.split())
+        assert f"error: No space left on device writing {tmp_path}" in said and "free some space and run the command again" in said, said
+        assert "Traceback" not in said
+    assert not [p for p in tmp_path.iterdir() if p.is_file()]  # nothing half-written
+
+
 def test_available_memory_follows_the_machine_and_the_container_limit(tmp_path):
     from lens.runtime.held_photos import available_memory
 

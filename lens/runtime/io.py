@@ -528,11 +528,13 @@ def write_atomic(path: str | os.PathLike, data: bytes | list, durable: bool = Fa
                 os.fsync(fh.fileno())
         os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(exc, OSError) and exc.filename is None and exc.errno is not None:  # a write's error names no file: name the one wanted
+            raise OSError(exc.errno, exc.strerror, str(path)) from None
         raise
 
 
