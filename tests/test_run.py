@@ -249,6 +249,12 @@ def _bad_inputs(folder: Path) -> dict[str, str]:
     # a link to a photo that is gone (a moved card, an unmounted share): it vanished unnamed
     (folder / "gone.jpg").symlink_to(folder / "moved-away.jpg")
     expect["gone"] = "cannot open: No such file or directory (a link to"
+    # links to what is not a file: a device was an "empty file", a named pipe would block the read
+    (folder / "device.jpg").symlink_to("/dev/zero")
+    expect["device"] = "not a file but a character device (a link to /dev/zero)"
+    os.mkfifo(folder.parent / "pipe")
+    (folder / "pipe.jpg").symlink_to(folder.parent / "pipe")
+    expect["pipe"] = "not a file but a named pipe"
     return expect
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import os
 import re
+import stat
 import struct
 import tempfile
 import warnings
@@ -247,6 +248,10 @@ def _fast_decode(path: Path, fmt: str | None, mode: str, data: np.ndarray | None
     return pixels if rgb_flag is not None else cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB)
 
 
+_NOT_FILES = ((stat.S_ISDIR, "a folder"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+              (stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"))
+
+
 def read_image(path: str | os.PathLike, keep_jpeg: bool = False, draft: tuple[int, int] | None = None) -> DecodedImage:
     """Decode ``path`` or raise `ImageReadError` saying why not. With ``keep_jpeg``, a file
     that `lens.runtime.gpu_jpeg.device_decodable` accepts is checked but not decoded: the
@@ -257,9 +262,13 @@ def read_image(path: str | os.PathLike, keep_jpeg: bool = False, draft: tuple[in
     The checks are the same, damaged JPEG data included."""
     path = Path(path)
     try:
-        size = path.stat().st_size
+        info = path.stat()
     except OSError as exc:
         raise ImageReadError(path, f"cannot open: {exc.strerror or exc}" + (f" (a link to {os.readlink(path)})" if path.is_symlink() else "")) from None
+    if not stat.S_ISREG(info.st_mode):  # a link to /dev/zero read as an "empty file"; a named pipe would block the read
+        kind = next((name for test, name in _NOT_FILES if test(info.st_mode)), "a special file")
+        raise ImageReadError(path, f"not a file but {kind}" + (f" (a link to {os.readlink(path)})" if path.is_symlink() else ""))
+    size = info.st_size
     if size == 0:
         raise ImageReadError(path, "empty file (0 bytes)")
     data = None  # a PNG's bytes, read for its checks
