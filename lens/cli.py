@@ -334,6 +334,9 @@ def run_cmd(
     done_here = f": {this_run} in this run, {skipped} skipped as done by an earlier run (--resume)" if skipped else ""
     console.print(f"{summary['ok']} corrected ({modes or 'none'}){done_here}, {len(summary['failed'])} failed; "
                   f"{summary['throughput']['images_per_s'] or 0:.2f} images/s -> {escape(str(out))}", soft_wrap=True)
+    if summary["outputs_redone"]:
+        console.print(f"{summary['outputs_redone']} images an earlier run had corrected were corrected again: their output was gone or not "
+                      "the size recorded (cut short by a power cut, or changed since)", soft_wrap=True)
     lines = summary["lines"]
     if "applied" in lines and this_run:
         kept = "; ".join(f"{n} {reason}" for reason, n in sorted(lines["kept_network"].items()))

@@ -555,6 +555,26 @@ def test_resume_corrects_again_an_input_replaced_since(tmp_path, photos):
     assert _outputs(out) == _outputs(fresh) and _outputs(out)[replaced.name] != first[replaced.name]
 
 
+def test_resume_corrects_again_an_output_left_short_by_a_power_cut(tmp_path, photos):
+    """Images are renamed into place without an fsync: after a power cut one can be empty or
+    short under its final name while its record says ok, and --resume skipped it."""
+    out = tmp_path / "out"
+    assert _run(photos, out, "--refine", "off").exit_code == 0
+    before = _outputs(out)
+    (out / "p01.jpg").write_bytes(b"")
+    (out / "p02.jpg").write_bytes(before["p02.jpg"][: len(before["p02.jpg"]) // 2])
+    (out / "p03.jpg").unlink()
+    result = _run(photos, out, "--resume", "--refine", "off")
+    said = " ".join(result.output.split())
+    assert result.exit_code == 0 and ": 3 in this run, 6 skipped" in said, said
+    assert "3 images an earlier run had corrected were corrected again: their output was gone or not the size recorded" in said
+    assert _outputs(out) == before
+    summary = json.loads((out / "lens-run" / "summary.json").read_text())
+    assert summary["outputs_redone"] == 3
+    records = [json.loads(line) for line in (out / "lens-run" / "images.jsonl").read_text().splitlines()]
+    assert all(r["output_bytes"] == len(before[Path(r["output"]).name]) for r in records)
+
+
 def test_an_output_folder_that_cannot_be_made_is_a_clear_error(tmp_path, photos):
     (tmp_path / "a_file").write_text("not a folder")
     result = _run(photos, tmp_path / "a_file" / "out")

@@ -516,12 +516,13 @@ def _cut_name(name: str, limit: int) -> str:
     return "".join(out)
 
 
-def write_atomic(path: str | os.PathLike, data: bytes | list, durable: bool = False) -> None:
+def write_atomic(path: str | os.PathLike, data: bytes | list, durable: bool = False) -> int:
     """Write ``data`` (bytes, or a list of buffers written one after the other) to ``path`` so
     that ``path`` is either absent, its old content, or the complete new content, even if the
     process is killed: temp file in the same folder, then rename. ``durable`` also fsyncs
     before the rename, which survives a power cut too; it costs ~5 ms per file, so images skip
-    it and checkpoints and zips use it."""
+    it and checkpoints and zips use it (a run's records hold each image's size instead, which
+    ``--resume`` checks). Returns the bytes written."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # the name cut so that the temporary's fits where the output's does (255 bytes on most
@@ -529,14 +530,16 @@ def write_atomic(path: str | os.PathLike, data: bytes | list, durable: bool = Fa
     short = _cut_name(path.name, _NAME_MAX - 15)
     fd, tmp = tempfile.mkstemp(prefix=f".{short}.", suffix=".part", dir=path.parent)
     try:
+        written = 0
         with os.fdopen(fd, "wb") as fh:
             for piece in data if isinstance(data, list) else (data,):
-                fh.write(piece)
+                written += fh.write(piece)
             fh.flush()
             if durable:
                 os.fsync(fh.fileno())
         os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, path)
+        return written
     except BaseException as exc:
         try:
             os.unlink(tmp)

@@ -1,7 +1,7 @@
 """Where `lens run` records what it did, beside the images it wrote.
 
 ``OUT/lens-run/images.jsonl``: one JSON object per input image, sorted by id:
-``{"id", "source", "source_stat" ([bytes, mtime_ns]), "output", "status": "ok" | "failed", "error", "mode", "reasons",
+``{"id", "source", "source_stat" ([bytes, mtime_ns]), "output", "output_bytes", "status": "ok" | "failed", "error", "mode", "reasons",
 "params", "safety", "hard_unsafe", "timings_ms"}``. ``OUT/lens-run/summary.json``: counts per
 mode, failures, throughput, model and engine hashes, versions. `lens qa` and `lens package`
 read both; the folder is not part of a submission. ``OUT/lens-run/settings.json``, written when

@@ -236,9 +236,10 @@ def _run_locked(src: Path, out: Path, run_dir: Path, backend: Backend, options: 
     jobs, refused = plan(src, out, options.recursive)
     previous = read_records(run_dir) if options.resume else {}
     # an input replaced since (another size or time) is corrected again
-    skipped = [j for j in jobs if previous.get(j.image_id, {}).get("status") == "ok" and j.output.exists()
-               and previous[j.image_id].get("source_stat", j.source_stat) == j.source_stat]
-    skip_ids = {j.image_id for j in skipped}
+    done_before = [j for j in jobs if previous.get(j.image_id, {}).get("status") == "ok"
+                   and previous[j.image_id].get("source_stat", j.source_stat) == j.source_stat]
+    skip_ids = {j.image_id for j in done_before if _output_intact(j.output, previous[j.image_id])}
+    outputs_redone = len(done_before) - len(skip_ids)
     if on_skipped and skip_ids:
         on_skipped(len(skip_ids))
     todo = [j for j in jobs if j.image_id not in skip_ids]
@@ -358,6 +359,8 @@ def _run_locked(src: Path, out: Path, run_dir: Path, backend: Backend, options: 
         "ok": sum(r["status"] == "ok" for r in ordered),
         "failed": [{"id": r["id"], "source": r.get("source"), "reason": r["error"]} for r in ordered if r["status"] != "ok"],
         "skipped_resume": len(skip_ids),
+        # done by an earlier run, but the output is gone or not the size recorded (cut short by a power cut, edited)
+        "outputs_redone": outputs_redone,
         "modes": {m: sum(r.get("mode") == m for r in ordered) for m in MODES},
         "hard_unsafe": [r["id"] for r in ordered if r.get("hard_unsafe")],
         # images of this run whose batch faulted, each then run alone (`Runner.process`)
@@ -379,6 +382,17 @@ def _run_locked(src: Path, out: Path, run_dir: Path, backend: Backend, options: 
     summary["versions"] = {**summary.get("versions", {}), **_versions()}
     _write_records(run_dir / SUMMARY_FILE, (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode())
     return summary
+
+
+def _output_intact(output: Path, record: dict) -> bool:
+    """Whether an earlier run's output is still there with the size its record gives (records
+    from before sizes were recorded: there at all). Images are written without an fsync (~5 ms
+    each): after a power cut a file can be left empty or short under its final name."""
+    try:
+        size = output.stat().st_size
+    except OSError:
+        return False
+    return record.get("output_bytes", size) == size
 
 
 def _write_records(path: Path, data: bytes) -> None:

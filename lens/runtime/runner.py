@@ -42,6 +42,7 @@ class Job:
     error: str | None = None
     timings: dict = field(default_factory=dict)
     disk_full: bool = False  # its output failed for want of space or quota (`fault_record`): the run stops
+    output_bytes: int | None = None  # the size of the output written, recorded for --resume to check
     source_stat: list[int] | None = None  # [size in bytes, mtime in ns] when planned (`lens.runtime.run_folder.source_stat`)
 
 
@@ -161,7 +162,7 @@ class Runner:
         exif_dropped = output_format(job.output) == "JPEG" and not exif_fits_jpeg(job.image.exif)
         notes = (["alpha_dropped"] if alpha_dropped else []) + (["exif_dropped"] if exif_dropped else []) + list(job.image.notes)
         return {
-            "id": job.image_id, "source": str(job.source), "source_stat": job.source_stat, "output": str(job.output), "status": "ok", "error": None,
+            "id": job.image_id, "source": str(job.source), "source_stat": job.source_stat, "output": str(job.output), "output_bytes": job.output_bytes, "status": "ok", "error": None,
             "size": [job.image.width, job.image.height], "mode": MODES[mode],
             "reasons": reasons + (["forced"] if self.options.mode_override >= 0 else []),
             "params": params, **record_extra,
@@ -216,7 +217,7 @@ class Runner:
         t = time.perf_counter()
         result = DecodedImage(np.ascontiguousarray(warped), exif=job.image.exif, icc_profile=job.image.icc_profile, segments=job.image.segments)
         data = encode_image(result, output_format(job.output), self.options.quality)
-        write_atomic(job.output, data)
+        job.output_bytes = write_atomic(job.output, data)
         job.timings["encode_ms"] = (time.perf_counter() - t) * 1e3
         record = self._record(job, out, i, displacement, refined, alpha_kept=keep_alpha)
         job.image = None  # free the pixels as soon as the file is written
@@ -257,7 +258,7 @@ class Runner:
             job.timings.update(gpu_decode_ms=(t_dec - t) * 1e3 / n, infer_ms=(t_inf - t_dec) * 1e3 / n, gpu_encode_ms=(t_enc - t_inf) * 1e3 / n)
             try:  # as in `_finish`: one image's fault is its own
                 t_w = time.perf_counter()
-                write_atomic(job.output, jpeg_metadata_pieces(data, job.image.exif, job.image.icc_profile, job.image.segments))
+                job.output_bytes = write_atomic(job.output, jpeg_metadata_pieces(data, job.image.exif, job.image.icc_profile, job.image.segments))
                 job.timings["write_ms"] = (time.perf_counter() - t_w) * 1e3
                 records.append(self._record(job, host, i, None))
                 job.image = None
