@@ -32,11 +32,11 @@ class _LensApp(typer.Typer):
     with the way on (`--resume`)."""
 
     def __call__(self, *args, **kwargs):
-        from lens.runtime.runner import DISK_FULL
-
         try:
             return super().__call__(*args, **kwargs)
         except OSError as exc:
+            from lens.runtime.runner import DISK_FULL  # here: `lens --help` need not import the runtime
+
             if exc.errno not in DISK_FULL:
                 raise
             where = f" writing {exc.filename}" if exc.filename else ""

@@ -261,13 +261,14 @@ def read_image(path: str | os.PathLike, keep_jpeg: bool = False, draft: tuple[in
     1/8 (simplejpeg: the same pixels as Pillow's draft, 0.9x its time); other formats in full.
     The checks are the same, damaged JPEG data included."""
     path = Path(path)
+    link = f" (a link to {os.readlink(path)})" if path.is_symlink() else ""
     try:
         info = path.stat()
     except OSError as exc:
-        raise ImageReadError(path, f"cannot open: {exc.strerror or exc}" + (f" (a link to {os.readlink(path)})" if path.is_symlink() else "")) from None
+        raise ImageReadError(path, f"cannot open: {exc.strerror or exc}{link}") from None
     if not stat.S_ISREG(info.st_mode):  # a link to /dev/zero read as an "empty file"; a named pipe would block the read
         kind = next((name for test, name in _NOT_FILES if test(info.st_mode)), "a special file")
-        raise ImageReadError(path, f"not a file but {kind}" + (f" (a link to {os.readlink(path)})" if path.is_symlink() else ""))
+        raise ImageReadError(path, f"not a file but {kind}{link}")
     size = info.st_size
     if size == 0:
         raise ImageReadError(path, "empty file (0 bytes)")

@@ -235,7 +235,8 @@ def _run_locked(src: Path, out: Path, run_dir: Path, backend: Backend, options: 
     clean_stale_temporaries(out, options.recursive)
     jobs, refused = plan(src, out, options.recursive)
     previous = read_records(run_dir) if options.resume else {}
-    # an input replaced since (another size or time) is corrected again
+    # an input replaced since (another size or time) is corrected again, and so is an output
+    # gone or not the size recorded
     done_before = [j for j in jobs if previous.get(j.image_id, {}).get("status") == "ok"
                    and previous[j.image_id].get("source_stat", j.source_stat) == j.source_stat]
     skip_ids = {j.image_id for j in done_before if _output_intact(j.output, previous[j.image_id])}

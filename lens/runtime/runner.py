@@ -339,8 +339,9 @@ DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})  # no space left; disk quota
 
 def fault_record(job: Job, exc: BaseException) -> dict:
     """``job``'s failure record for a fault no check foresaw: its output could not be written
-    (``OSError``: a full disk, a folder in the way), or it could not be corrected (an OpenCV
-    assertion, a bug of lens's); the thousands of photos after it go on."""
+    (``OSError``: a folder in the way, a full disk), or it could not be corrected (an OpenCV
+    assertion, a bug of lens's); the thousands of photos after it go on, but for a full disk
+    (``job.disk_full``), where `lens.runtime.pipeline` stops the run."""
     if isinstance(exc, OSError):
         job.disk_full = exc.errno in DISK_FULL
         return _failure(job, f"cannot write {job.output}: {exc.strerror or exc}")
