@@ -354,6 +354,12 @@ def run_cmd(
     if summary["batch_retried"]:
         console.print(f"{summary['batch_retried']} images were run one at a time after their batch failed (a smaller --batch may "
                       f"avoid it); the batches' faults: 'batch_retry' in {escape(str(out / 'lens-run' / 'images.jsonl'))}", soft_wrap=True)
+    if summary["decode_warnings"]:
+        ids = summary["decode_warnings"]
+        console.print(f"[yellow]note:[/] {len(ids)} photos decoded in spite of libjpeg's warning (stray bytes before the end marker: "
+                      "some cameras' padding, DJI drones' among them, or damage that garbles the rest of the photo): look at "
+                      + escape(", ".join(ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5 else ""))
+                      + f"; what it said: 'decode_warnings' in {escape(str(out / 'lens-run' / 'images.jsonl'))}", soft_wrap=True)
     if summary["notes"]:
         said = {"alpha_dropped": "alpha channel", "depth_reduced": "bits beyond 8", "frames_dropped": "images after the first",
                 "icc_dropped": "a CMYK or Lab colour profile", "motion_video_dropped": "a Motion Photo's video",

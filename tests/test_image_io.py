@@ -1,6 +1,7 @@
 """Every kind of input file is decoded or refused with a reason; writes are atomic."""
 import io
 import os
+import re
 from pathlib import Path
 
 import cv2
@@ -94,7 +95,11 @@ def test_damaged_jpeg_data_is_refused_and_stray_bytes_are_not(tmp_path, mode):
     # stray bytes before the end marker (some cameras write them) make libjpeg warn too, but
     # the pixels are whole: the same as the clean file's
     (tmp_path / "stray.jpg").write_bytes(data[:-2] + bytes(7) + data[-2:])
-    assert np.array_equal(lio.read_image(tmp_path / "stray.jpg").pixels, lio.read_image(good).pixels)
+    stray = lio.read_image(tmp_path / "stray.jpg")
+    assert np.array_equal(stray.pixels, lio.read_image(good).pixels)
+    # ... but so can damage that garbles the rest of the photo: what libjpeg said is kept
+    assert len(stray.warnings) == 1 and not lio.read_image(good).warnings
+    assert re.fullmatch(r"corrupt JPEG data: \d extraneous bytes before marker 0xd9 \(libjpeg\)", stray.warnings[0]), stray.warnings
     # ... and before a header segment, where TurboJPEG refuses the file: OpenCV decodes it
     table = data.index(b"\xff\xc4")
     (tmp_path / "stray_header.jpg").write_bytes(data[:table] + bytes(5) + data[table:])

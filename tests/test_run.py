@@ -203,6 +203,9 @@ def _bad_inputs(folder: Path) -> dict[str, str]:
     middle = (data.index(b"\xff\xda") + len(data)) // 2
     (folder / "damaged.jpg").write_bytes(data[:middle] + data[middle + 200 :])
     expect["damaged"] = "corrupt JPEG data: premature end of data segment"
+    # stray bytes before the end marker: a camera's padding, or damage; corrected, and said
+    (folder / "padded.jpg").write_bytes(data[:-2] + bytes(9) + data[-2:])
+    expect["padded"] = "ok"
     expect["full"] = "ok"
     (folder / "text.jpg").write_text("definitely not a JPEG")
     expect["text"] = "not a readable image"
@@ -289,6 +292,11 @@ def test_bad_input_never_stops_the_run(tmp_path):
     assert {i: r["notes"] for i, r in records.items() if r["status"] == "ok" and r["notes"]} == notes
     assert summary["notes"] == {"alpha_dropped": 1, "depth_reduced": 1, "frames_dropped": 2}
     assert "images after the first (2 frames_dropped)" in result.output
+    # decoded in spite of a decoder's warning: listed, and what it said recorded
+    assert summary["decode_warnings"] == ["padded"]
+    said = records["padded"]["decode_warnings"]
+    assert len(said) == 1 and said[0].startswith("corrupt JPEG data: ") and said[0].endswith("extraneous bytes before marker 0xd9 (libjpeg)")
+    assert "1 photos decoded in spite of libjpeg's warning" in " ".join(result.output.split())
     with Image.open(out / "phone.jpg") as p:
         assert p.format == "JPEG" and p.size == (256, 171)
 

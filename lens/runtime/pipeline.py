@@ -366,6 +366,9 @@ def _run_locked(src: Path, out: Path, run_dir: Path, backend: Backend, options: 
         "hard_unsafe": [r["id"] for r in ordered if r.get("hard_unsafe")],
         # images of this run whose batch faulted, each then run alone (`Runner.process`)
         "batch_retried": sum(bool(r.get("batch_retry")) for r in done_now),
+        # images decoded in spite of a decoder's warning (stray bytes before the end marker: a
+        # camera's padding, or damage): worth a look
+        "decode_warnings": sorted(r["id"] for r in ordered if r["status"] == "ok" and r.get("decode_warnings")),
         # what outputs could not keep of their inputs (alpha, other frames, depth, a profile)
         "notes": dict(sorted(Counter(n for r in ordered if r["status"] == "ok" for n in r.get("notes", [])).items())),
         "throughput": {"images": len(ok_now), "wall_s": round(wall, 3), "images_per_s": round(len(ok_now) / wall, 3) if wall > 0 else None},

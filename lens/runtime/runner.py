@@ -166,7 +166,7 @@ class Runner:
             "size": [job.image.width, job.image.height], "mode": MODES[mode],
             "reasons": reasons + (["forced"] if self.options.mode_override >= 0 else []),
             "params": params, **record_extra,
-            "safety": safety, "hard_unsafe": bool(unsafe), "unsafe_reasons": unsafe, "notes": notes,
+            "safety": safety, "hard_unsafe": bool(unsafe), "unsafe_reasons": unsafe, "notes": notes, "decode_warnings": list(job.image.warnings),
             "max_displacement_px": displacement, "timings_ms": {k: round(v, 2) for k, v in job.timings.items()},
         }
 
