@@ -148,6 +148,19 @@ def test_qa_fails_damaged_run_metadata_naming_the_file_and_line(tmp_path, submis
     assert manifest["forced"] and manifest["run"] is None
 
 
+def test_qa_names_outputs_whose_input_decoded_with_a_warning_without_failing_them(tmp_path, submission):
+    # libjpeg says the same of a DJI drone's padding as of damage that garbles the photo
+    inputs, pred = submission
+    (pred / "lens-run").mkdir()
+    said = "corrupt JPEG data: 9 extraneous bytes before marker 0xd9 (libjpeg)"
+    records = [{"id": p.stem, "status": "ok", "decode_warnings": [said] if p.stem == "img1" else []} for p in sorted(pred.glob("*.jpg"))]
+    (pred / "lens-run" / "images.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    result = runner.invoke(app, ["qa", str(pred), "--inputs", str(inputs), "--json", str(tmp_path / "qa.json")])
+    assert result.exit_code == 0, result.output
+    assert "inputs decoded in spite of libjpeg's warning (a camera's padding, or damage that garbles the rest): look at img1.jpg" \
+        in " ".join(result.output.split())
+
+
 def test_an_output_path_naming_a_folder_or_going_through_a_file_is_refused_before_any_work(tmp_path, submission):
     # --json / --csv / --report onto a folder stopped on an IsADirectoryError traceback, after
     # the whole run of gates or scores

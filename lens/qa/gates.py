@@ -231,6 +231,11 @@ def _check_run_metadata(gate: GateResult, pred_dir: Path, checked: dict[str, Pat
             gate.fail(checked[image_id].name, "metadata_missing: no run record for this image")
         elif rec.get("hard_unsafe"):
             gate.fail(checked[image_id].name, f"hard_unsafe: {', '.join(rec.get('reasons', [])) or 'flagged by the run'}")
+    # not a failure: DJI drones' photos give the same warning whole
+    warned = [checked[i].name for i in sorted(checked) if (records.get(i) or {}).get("decode_warnings")]
+    if warned:
+        shown = ", ".join(warned[:5]) + (f" and {len(warned) - 5} more" if len(warned) > 5 else "")
+        gate.note = f"inputs decoded in spite of libjpeg's warning (a camera's padding, or damage that garbles the rest): look at {shown}"
     by_id = {e["id"]: e for e in extremes}
     for image_id, rec in records.items():
         if image_id in by_id and rec.get("max_displacement_px") is not None:
