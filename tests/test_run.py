@@ -1067,7 +1067,9 @@ def test_a_full_output_disk_stops_the_run_and_resume_goes_on(tmp_path, photos, m
     said = " ".join(result.output.split())
     assert "No space left on device; stopped after" in said and "add --resume to the same command" in said
     records = [json.loads(line) for line in (out / "lens-run" / "images.jsonl.part").read_text().splitlines()]
-    assert sum(r["status"] == "ok" for r in records) == 3 and len(records) < 9  # not every photo tried
+    # three outputs fitted; the run stopped at the first that did not (a photo written while
+    # an earlier one failed has no record yet: --resume redoes it)
+    assert 1 <= sum(r["status"] == "ok" for r in records) <= 3 and len(records) < 9  # not every photo tried
     assert len(list(out.glob("*.jpg"))) == 3 and not list(out.glob(".*.part"))
     monkeypatch.undo()
     assert _run(photos, out, "--workers", "2", "--refine", "off", "--resume").exit_code == 0
