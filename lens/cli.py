@@ -208,7 +208,7 @@ def run_cmd(
     backend: str = typer.Option("auto", help="auto | tensorrt | onnxruntime | torch."),
     device: str = typer.Option("auto", help="auto | cuda | cpu."),
     batch: int = typer.Option(1, min=1, help="Images per inference on GPU backends (the CPU infers one image at a time)."),
-    workers: int = typer.Option(0, min=0, help="Worker threads for decode / infer / warp / encode, which also fit lines (above 2 workers in processes, at most one per core) (0: one per core this process may use: its CPU affinity and container CPU quota)."),
+    workers: int = typer.Option(0, min=0, help="Worker threads for decode / infer / warp / encode, which also fit lines (in processes above 2 workers or from 96 photos, at most one per core) (0: one per core this process may use: its CPU affinity and container CPU quota)."),
     resume: bool = typer.Option(False, help="Skip images whose output and record already exist (an input changed since is redone; OUT written with other settings is refused)."),
     recursive: bool = typer.Option(False, "--recursive", "-r", help="Also the photos in IN's subfolders, mirrored under OUT (folders holding an earlier run's lens-run/ are left out)."),
     quality: int = typer.Option(95, min=1, max=100, help="JPEG quality (4:4:4 chroma)."),

@@ -357,6 +357,10 @@ def test_a_run_starts_no_more_fit_processes_than_cores():
     assert LineFitPool.for_workers(8, cores=16).processes == 8
     assert LineFitPool.for_workers(2, cores=16).processes == 1  # inline: see INLINE_WORKERS
     assert LineFitPool.for_workers(4, cores=1).processes == 1
+    # a long run starts them for two workers too: inline fits queue on the GIL (PROCESSES_FROM_IMAGES)
+    assert LineFitPool.for_workers(2, cores=2, images=48).processes == 1
+    assert LineFitPool.for_workers(2, cores=2, images=96).processes == 2
+    assert LineFitPool.for_workers(1, cores=2, images=5000).processes == 1
 
 
 def test_fitted_lens_is_reported_as_the_same_warp_and_implausible_lenses_are_refused():

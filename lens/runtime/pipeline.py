@@ -271,7 +271,7 @@ def _run_locked(src: Path, out: Path, run_dir: Path, backend: Backend, options: 
     if line_fit:
         from lens.runtime.plumb_line import LineFitPool
 
-        line_fits = LineFitPool.for_workers(options.workers)
+        line_fits = LineFitPool.for_workers(options.workers, images=len(todo))
     runner = Runner(backend, options, has_residual=has_residual, codec=codec, line_fits=line_fits)
     t0 = time.perf_counter()
     workers = max(1, options.workers)

@@ -36,12 +36,18 @@ class LineFitPool:
     `lens.runtime.pipeline.run` needs the usual ``if __name__ == "__main__":`` guard); one
     process runs the fit inline. A fit that raises keeps the network's lens."""
 
-    #: Up to this many workers, `for_workers` fits inline: in `lens run` a worker's other
-    #: stages (decode, ONNX Runtime, remap, encode) release the GIL, so two workers fitting in
-    #: their own threads overlapped well and saved the processes' hand-overs: 11.0-12.5
-    #: against 10.3-10.9 images/s on 2 cores (`lens run`, 64 photos, 4 interleaved rounds).
-    #: With more workers, fits in threads would queue on the GIL.
+    #: Up to this many workers, `for_workers` fits inline in a short run: in `lens run` a
+    #: worker's other stages (decode, ONNX Runtime, remap, encode) release the GIL, so two
+    #: workers fitting in their own threads overlapped well and saved starting the processes
+    #: (~0.4 s of a core each, spawned). With more workers, fits in threads would queue on the GIL.
     INLINE_WORKERS = 2
+    #: From this many images a run fits in processes whatever its workers: once started,
+    #: processes fit without the two threads' fits queuing on the GIL. `lens run` with 2
+    #: workers on 2 cores, 2 processes against inline, alternated in one script (median of the
+    #: per-round ratios): 0.94x at 48 photos (0.81-0.99, 4 rounds), where the processes' start
+    #: outweighs it; 1.06x at 96 (0.99-1.13, 4), 1.06x at 192 (1.06-1.16, 3), 1.09x at 384
+    #: (1.07-1.12, 2); CPU per photo the same from 96 on.
+    PROCESSES_FROM_IMAGES = 96
 
     def __init__(self, processes: int):
         self.processes = max(1, processes)
@@ -49,15 +55,15 @@ class LineFitPool:
         self._lock = threading.Lock()
 
     @classmethod
-    def for_workers(cls, workers: int, cores: int | None = None) -> "LineFitPool":
-        """Inline up to `INLINE_WORKERS` workers, else a process per worker up to ``cores``
-        (default: `usable_cores`): a fit is CPU-bound, so processes beyond the cores only add
-        their start (~0.4 s of a core each, spawned) and their memory. `lens run --workers 8`
-        on 2 cores, 96 photos, 4 alternated rounds: 1.13x as fast (1.10-1.25) with 2 processes
-        as with 8."""
-        if workers <= cls.INLINE_WORKERS:
+    def for_workers(cls, workers: int, cores: int | None = None, images: int | None = None) -> "LineFitPool":
+        """Inline up to `INLINE_WORKERS` workers for a run of fewer than
+        `PROCESSES_FROM_IMAGES` ``images`` (None: unknown, short), else a process per worker up
+        to ``cores`` (default: `usable_cores`): a fit is CPU-bound, so processes beyond the
+        cores only add their start and their memory. `lens run --workers 8` on 2 cores, 96
+        photos, 4 alternated rounds: 1.13x as fast (1.10-1.25) with 2 processes as with 8."""
+        if workers <= cls.INLINE_WORKERS and (images is None or images < cls.PROCESSES_FROM_IMAGES):
             return cls(1)
-        return cls(min(workers, cores or usable_cores()))
+        return cls(min(max(workers, 1), cores or usable_cores()))
 
     def fit(self, photo: np.ndarray | WorkImage, prior: np.ndarray) -> LineFit:
         try:
