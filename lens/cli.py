@@ -35,7 +35,7 @@ class _LensApp(typer.Typer):
         try:
             return super().__call__(*args, **kwargs)
         except OSError as exc:
-            from lens.runtime.runner import DISK_FULL  # here: `lens --help` need not import the runtime
+            from lens.runtime.io import DISK_FULL  # here: `lens --help` need not import the runtime
 
             if exc.errno not in DISK_FULL:
                 raise

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lens.runtime.io import IMAGE_SUFFIXES, ImageReadError, claim_names, list_images, read_image, write_image
+from lens.runtime.io import DISK_FULL, IMAGE_SUFFIXES, ImageReadError, claim_names, list_images, read_image, write_image
 from lens.runtime.sampling import warp_with_grid
 
 
@@ -129,6 +129,11 @@ def undistort_files(
             result.error = exc.reason
         except OSError as exc:
             result.error = f"cannot write {output}: {exc.strerror or exc}"
+            if exc.errno in DISK_FULL:  # every later file would fail the same way: stop (the CLI says so in a line)
+                results.append(result)
+                if on_done:
+                    on_done(result)
+                raise
         results.append(result)
         if on_done:
             on_done(result)

@@ -114,3 +114,33 @@ def test_an_output_named_for_a_format_it_is_not_written_in_is_refused(tmp_path, 
         result = runner.invoke(app, ["undistort", str(src), str(tmp_path / name), "--k1", "-0.1"])
         assert result.exit_code == 2 and "name it .jpg, .jpeg or .png" in result.output, result.output
         assert not (tmp_path / name).exists()
+
+
+def test_a_full_disk_stops_undistort_at_the_first_file_that_does_not_fit(tmp_path, photo_2048, monkeypatch, capsys):
+    """Every later file was still read and warped, then failed its write with a line of its own."""
+    import errno
+    import os
+
+    import pytest
+
+    from lens import undistort
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(6):
+        cv2.imwrite(str(src / f"p{i}.jpg"), cv2.resize(photo_2048, (160, 107)))
+    real, tried = undistort.write_image, []
+
+    def filling_up(path, image, quality=95):
+        tried.append(path)
+        if len(tried) > 2:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        real(path, image, quality=quality)
+
+    monkeypatch.setattr(undistort, "write_image", filling_up)
+    with pytest.raises(SystemExit) as stop:
+        app(["undistort", str(src), str(tmp_path / "out"), "--k1", "-0.1"], prog_name="lens")
+    assert stop.value.code == 1 and len(tried) == 3
+    said = " ".join(capsys.readouterr().err.split())
+    assert f"error: No space left on device writing {tmp_path / 'out' / 'p2.jpg'}: free some space and run the command again" in said
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["p0.jpg", "p1.jpg"]

@@ -12,6 +12,7 @@ is copied to the output: viewers then show the corrected image the same way up a
 """
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import re
@@ -511,6 +512,9 @@ def encode_image(image: DecodedImage, fmt: str, quality: int = JPEG_QUALITY) -> 
     img.save(buf, format=fmt, **options)
     return buf.getvalue()
 
+
+#: A write's errors after which every later write fails too: no space left, disk quota exceeded
+DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 _NAME_MAX = 255  # bytes in a file name: ext4, XFS, Btrfs, APFS, NTFS (in UTF-16 units)
 

@@ -4,7 +4,6 @@ photo's (`fault_record`). `lens.runtime.pipeline` feeds it batches and keeps the
 from __future__ import annotations
 
 import contextlib
-import errno
 import threading
 import time
 from dataclasses import dataclass, field
@@ -15,7 +14,7 @@ import numpy as np
 
 from lens.conventions import PARAM_NAMES, SAFETY_STATS
 from lens.runtime.backends import Backend
-from lens.runtime.io import DecodedImage, ImageReadError, encode_image, exif_fits_jpeg, jpeg_metadata_pieces, output_format, read_image, write_atomic
+from lens.runtime.io import DISK_FULL, DecodedImage, ImageReadError, encode_image, exif_fits_jpeg, jpeg_metadata_pieces, output_format, read_image, write_atomic
 from lens.runtime.lens_maps import correction_maps, lattice_safety, maps_from_lattice
 from lens.runtime.policy import MODES, SafetyThresholds, reasons_from_masks, violations
 from lens.runtime.sampling import warp_with_maps
@@ -332,9 +331,6 @@ class Runner:
 def fault_text(exc: BaseException) -> str:
     """An unforeseen exception in one line: its type and message."""
     return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
-
-
-DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})  # no space left; disk quota exceeded
 
 
 def fault_record(job: Job, exc: BaseException) -> dict:
