@@ -41,8 +41,8 @@ class LineFitPool:
     #: workers fitting in their own threads overlapped well and saved starting the processes
     #: (~0.4 s of a core each, spawned). With more workers, fits in threads would queue on the GIL.
     INLINE_WORKERS = 2
-    #: From this many images a run fits in processes whatever its workers: once started,
-    #: processes fit without the two threads' fits queuing on the GIL. `lens run` with 2
+    #: From this many images a run with 2 workers fits in processes too: once started, they
+    #: fit without the two threads' fits queuing on the GIL. `lens run` with 2
     #: workers on 2 cores, 2 processes against inline, alternated in one script (median of the
     #: per-round ratios): 0.94x at 48 photos (0.81-0.99, 4 rounds), where the processes' start
     #: outweighs it; 1.06x at 96 (0.99-1.13, 4), 1.06x at 192 (1.06-1.16, 3), 1.09x at 384
