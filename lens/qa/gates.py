@@ -155,7 +155,7 @@ def run_gates(pred_dir: str | Path, inputs_dir: str | Path, ids_file: str | Path
     nested = sorted(p.relative_to(pred_dir).as_posix() for p in pred_dir.rglob("*")
                     if p.is_file() and p.parent != pred_dir and RUN_DIR not in p.relative_to(pred_dir).parts and p.suffix.lower() in IMAGE_SUFFIXES)
     if nested:
-        shown = ", ".join(nested[:5]) + (f" and {len(nested) - 5} more" if len(nested) > 5 else "")
+        shown = _first_few(nested)
         id_gate.note = f"{len(nested)} image(s) in subfolders not checked nor packaged (a submission is flat): {shown}"
 
     extremes = []
@@ -201,7 +201,7 @@ def run_gates(pred_dir: str | Path, inputs_dir: str | Path, ids_file: str | Path
             on_file()
 
     if inherited:
-        shown = ", ".join(inherited[:5]) + (f" and {len(inherited) - 5} more" if len(inherited) > 5 else "")
+        shown = _first_few(inherited)
         border_gate.note = f"the input's own fill, so not the warp's: {shown}"
     _check_run_metadata(meta_gate, pred_dir, {i: present[i] for i in present.keys() & expected_set}, extremes, require_metadata)
     # Most extreme first: by the run's largest displacement where every image has one, else by
@@ -209,6 +209,11 @@ def run_gates(pred_dir: str | Path, inputs_dir: str | Path, ids_file: str | Path
     by_disp = bool(extremes) and all("max_displacement_px" in e for e in extremes)
     extremes.sort(key=lambda e: (-(e["max_displacement_px"] if by_disp else e["change"]), e["id"]))
     return QAReport(str(pred_dir), [id_gate, decode_gate, size_gate, ident_gate, border_gate, region_gate, meta_gate], len(expected), checked, extremes)
+
+
+def _first_few(names: list[str], n: int = 5) -> str:
+    """The first ``n`` names, and how many more."""
+    return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
 
 
 def _check_run_metadata(gate: GateResult, pred_dir: Path, checked: dict[str, Path], extremes: list[dict], require_metadata: bool) -> None:
@@ -234,7 +239,7 @@ def _check_run_metadata(gate: GateResult, pred_dir: Path, checked: dict[str, Pat
     # not a failure: DJI drones' photos give the same warning whole
     warned = [checked[i].name for i in sorted(checked) if (records.get(i) or {}).get("decode_warnings")]
     if warned:
-        shown = ", ".join(warned[:5]) + (f" and {len(warned) - 5} more" if len(warned) > 5 else "")
+        shown = _first_few(warned)
         gate.note = f"inputs decoded in spite of libjpeg's warning (a camera's padding, or damage that garbles the rest): look at {shown}"
     by_id = {e["id"]: e for e in extremes}
     for image_id, rec in records.items():

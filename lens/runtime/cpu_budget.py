@@ -19,7 +19,8 @@ CGROUP_ROOT = Path("/sys/fs/cgroup")
 SELF_CGROUP = Path("/proc/self/cgroup")
 
 
-def _read(path: Path) -> str | None:
+def read_small_file(path: Path) -> str | None:
+    """A small text file's content, stripped (a cgroup or /proc setting), or None."""
     try:
         return path.read_text().strip()
     except (OSError, UnicodeDecodeError):
@@ -28,7 +29,7 @@ def _read(path: Path) -> str | None:
 
 def _quota_v2(folder: Path) -> float | None:
     """Cores granted by a cgroup v2 folder's ``cpu.max`` ("QUOTA PERIOD" or "max PERIOD")."""
-    text = _read(folder / "cpu.max")
+    text = read_small_file(folder / "cpu.max")
     if not text:
         return None
     parts = text.split()
@@ -39,7 +40,7 @@ def _quota_v2(folder: Path) -> float | None:
 
 
 def _quota_v1(folder: Path) -> float | None:
-    quota, period = _read(folder / "cpu.cfs_quota_us"), _read(folder / "cpu.cfs_period_us")
+    quota, period = read_small_file(folder / "cpu.cfs_quota_us"), read_small_file(folder / "cpu.cfs_period_us")
     try:
         return int(quota) / int(period) if quota and period and int(quota) > 0 and int(period) > 0 else None
     except ValueError:
@@ -55,7 +56,7 @@ def cgroup_folders(cgroup_root: Path, self_cgroup: Path, controller: str = "cpu"
     ancestors up to the root (a limit anywhere above applies too). A container usually sees
     its own cgroup as the root."""
     folders = [cgroup_root] + [cgroup_root / name for name in _V1_MOUNTS[controller]]
-    for line in (_read(self_cgroup) or "").splitlines():
+    for line in (read_small_file(self_cgroup) or "").splitlines():
         fields = line.split(":", 2)
         if len(fields) != 3:
             continue

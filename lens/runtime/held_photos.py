@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lens.runtime.cpu_budget import CGROUP_ROOT, SELF_CGROUP, cgroup_folders
+from lens.runtime.cpu_budget import CGROUP_ROOT, SELF_CGROUP, cgroup_folders, read_small_file
 
 HELD_SHARE = 0.5  # of the available memory: the rest is for the models, maps and encoders
 MEMINFO = Path("/proc/meminfo")
@@ -23,22 +23,16 @@ _UNLIMITED = 1 << 60  # cgroup v1 writes "no limit" as a number near 2^63
 
 
 def _number(path: Path) -> int | None:
-    try:
-        text = path.read_text().strip()
-    except (OSError, UnicodeDecodeError):
-        return None
-    return int(text) if text.isdigit() else None  # v2's "max": no limit
+    text = read_small_file(path)
+    return int(text) if text and text.isdigit() else None  # v2's "max": no limit
 
 
 def _stat(path: Path, key: str) -> int:
     """A ``memory.stat`` field, or 0."""
-    try:
-        for line in path.read_text().splitlines():
-            name, _, value = line.partition(" ")
-            if name == key and value.strip().isdigit():
-                return int(value)
-    except (OSError, UnicodeDecodeError):
-        pass
+    for line in (read_small_file(path) or "").splitlines():
+        name, _, value = line.partition(" ")
+        if name == key and value.strip().isdigit():
+            return int(value)
     return 0
 
 
@@ -59,12 +53,10 @@ def available_memory(meminfo: Path = MEMINFO, cgroup_root: Path = CGROUP_ROOT, s
     """Bytes this process may still fill: the machine's ``MemAvailable``, or less where a
     cgroup (a container's memory limit) allows less; None where neither is known (not Linux)."""
     available = None
-    try:
-        for line in meminfo.read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                available = int(line.split()[1]) * 1024
-    except (OSError, UnicodeDecodeError, ValueError, IndexError):
-        pass
+    for line in (read_small_file(meminfo) or "").splitlines():
+        fields = line.split()
+        if fields[:1] == ["MemAvailable:"] and len(fields) > 1 and fields[1].isdigit():
+            available = int(fields[1]) * 1024
     for folder in cgroup_folders(cgroup_root, self_cgroup, "memory"):
         room = _cgroup_room(folder)
         if room is not None:

@@ -263,6 +263,11 @@ _NOT_FILES = ((stat.S_ISDIR, "a folder"), (stat.S_ISCHR, "a character device"), 
               (stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"))
 
 
+def _link_note(path: Path) -> str:
+    """" (a link to TARGET)" for a symbolic link, else "": said only when reading fails."""
+    return f" (a link to {os.readlink(path)})" if path.is_symlink() else ""
+
+
 def read_image(path: str | os.PathLike, keep_jpeg: bool = False, draft: tuple[int, int] | None = None) -> DecodedImage:
     """Decode ``path`` or raise `ImageReadError` saying why not. With ``keep_jpeg``, a file
     that `lens.runtime.gpu_jpeg.device_decodable` accepts is checked but not decoded: the
@@ -272,14 +277,13 @@ def read_image(path: str | os.PathLike, keep_jpeg: bool = False, draft: tuple[in
     1/8 (simplejpeg: the same pixels as Pillow's draft, 0.9x its time); other formats in full.
     The checks are the same, damaged JPEG data included."""
     path = Path(path)
-    link = f" (a link to {os.readlink(path)})" if path.is_symlink() else ""
     try:
         info = path.stat()
     except OSError as exc:
-        raise ImageReadError(path, f"cannot open: {exc.strerror or exc}{link}") from None
+        raise ImageReadError(path, f"cannot open: {exc.strerror or exc}{_link_note(path)}") from None
     if not stat.S_ISREG(info.st_mode):  # a link to /dev/zero read as an "empty file"; a named pipe would block the read
         kind = next((name for test, name in _NOT_FILES if test(info.st_mode)), "a special file")
-        raise ImageReadError(path, f"not a file but {kind}{link}")
+        raise ImageReadError(path, f"not a file but {kind}{_link_note(path)}")
     size = info.st_size
     if size == 0:
         raise ImageReadError(path, "empty file (0 bytes)")
@@ -442,7 +446,7 @@ def _exif_payload(exif: bytes) -> bytes:
 def exif_fits_jpeg(exif: bytes | None) -> bool:
     """Whether a JPEG output can hold ``exif``: one APP1 segment, 65,533 bytes at most (a
     PNG's, WebP's or HEIC's EXIF may be larger; the JPEG output then has none: `exif_dropped`)."""
-    return not exif or len(_exif_payload(exif)) <= 65533
+    return not exif or len(exif) + (0 if exif.startswith(b"Exif\x00\x00") else 6) <= 65533
 
 
 def _jpeg_segments(exif: bytes | None, icc: bytes | None, segments: tuple[bytes, ...] = ()) -> bytes:

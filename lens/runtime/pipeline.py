@@ -326,21 +326,15 @@ def _run_locked(src: Path, out: Path, run_dir: Path, backend: Backend, options: 
                     while in_flight and held.full(more=1):  # room for the next photo first
                         drain(len(in_flight) - 1)
                 drain(0)
-            except KeyboardInterrupt:
-                # Ctrl-C: images not started are dropped; those being written finish and are
-                # recorded, so that --resume skips them
+            except (KeyboardInterrupt, RecordsUnwritable) as stop:
+                # images not started are dropped (--resume redoes whatever has no record)
                 for fut in decode_futures:
                     fut.cancel()
                 in_flight[:] = [(f, b) for f, b in in_flight if not f.cancel()]  # cancel(): True if it had not started
-                drain(0)
-                raise
-            except RecordsUnwritable:
-                # a full disk: images not started are dropped (their records or outputs would
-                # not fit either); --resume redoes whatever has no record
-                for fut in decode_futures:
-                    fut.cancel()
-                for fut, _ in in_flight:
-                    fut.cancel()
+                if isinstance(stop, KeyboardInterrupt):
+                    # Ctrl-C: those being written finish and are recorded, so that --resume
+                    # skips them; on a full disk their records would not fit either
+                    drain(0)
                 raise
     finally:
         try:
