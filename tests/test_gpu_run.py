@@ -37,6 +37,8 @@ def photos(tmp_path_factory) -> Path:
     # refuses it (libjpeg: premature end of data segment); the GPU path must not ship it either
     middle = (data.index(b"\xff\xda") + len(data)) // 2
     (folder / "damaged.jpg").write_bytes(data[:middle] + data[middle + 200 :])
+    # a drone's padding before the end marker: decoded, and what libjpeg said of it recorded
+    (folder / "stray.jpg").write_bytes(data[:-2] + bytes(7) + data[-2:])
     return folder
 
 
@@ -54,7 +56,8 @@ def test_gpu_codec_matches_cpu_path_and_keeps_metadata(tmp_path, photos, torch_c
     assert summary["codec"].startswith("gpu")
     assert sorted(f["id"] for f in summary["failed"]) == ["cut", "damaged"]
     cpu = run(photos, tmp_path / "cpu", OnnxRuntimeBackend(DEFAULT_BUILD, "cpu"), RunOptions(workers=2, refine="off"), {})
-    assert cpu["ok"] == summary["ok"] == 4
+    assert cpu["ok"] == summary["ok"] == 5
+    assert summary["decode_warnings"] == cpu["decode_warnings"] == ["stray"]
     for name in ("a0.jpg", "a1.jpg", "a2.jpg", "grey.jpg"):
         with Image.open(tmp_path / "gpu" / name) as g, Image.open(tmp_path / "cpu" / name) as c, Image.open(photos / name) as src:
             assert g.size == src.size and g.mode == src.mode
@@ -65,6 +68,7 @@ def test_gpu_codec_matches_cpu_path_and_keeps_metadata(tmp_path, photos, torch_c
             assert g.getexif().get(0x0112) == src.getexif().get(0x0112)
     records = {json.loads(line)["id"]: json.loads(line) for line in (tmp_path / "gpu" / "lens-run" / "images.jsonl").read_text().splitlines()}
     assert "gpu_decode_ms" in records["a0"]["timings_ms"] and "decode_ms" in records["grey"]["timings_ms"]
+    assert "data_check_ms" in records["a0"]["timings_ms"]  # its JPEG data checked on the host
 
 
 def test_gpu_runs_are_byte_identical(tmp_path, photos, torch_cuda):

@@ -1021,6 +1021,37 @@ def test_only_complete_rgb_jpegs_are_kept_for_the_gpu_decoder(tmp_path):
     assert phone.pixels is None and phone.notes == ("frames_dropped",)
 
 
+def test_jpegs_for_the_gpu_decoder_are_checked_for_damage_on_the_host(tmp_path):
+    # nvJPEG decodes a JPEG whose data breaks off without a word (on an H200 the damaged file
+    # below came out "ok", its lower part garbled): the GPU path checks the data on host
+    # threads, with the CPU decoder's verdict, before it writes the output
+    from concurrent.futures import ThreadPoolExecutor
+
+    from lens.runtime.io import ImageReadError, read_image
+    from lens.runtime.pipeline import GPU_CODEC_THREADS, _decode, jpeg_check_threads
+    from lens.runtime.runner import Job, _data_check_problem
+
+    Image.fromarray(_small("rocket.jpg", 512)).save(tmp_path / "good.jpg", quality=90)
+    data = (tmp_path / "good.jpg").read_bytes()
+    middle = (data.index(b"\xff\xda") + len(data)) // 2
+    (tmp_path / "damaged.jpg").write_bytes(data[:middle] + data[middle + 200 :])
+    (tmp_path / "stray.jpg").write_bytes(data[:-2] + bytes(7) + data[-2:])  # a drone's padding: decoded, with libjpeg's warning
+    with ThreadPoolExecutor(1) as checks:
+        jobs = {name: _decode(Job(name, tmp_path / f"{name}.jpg", tmp_path / "out" / f"{name}.jpg"), checks) for name in ("good", "damaged", "stray")}
+        for job in jobs.values():
+            assert job.error is None and job.image.pixels is None and job.image.encoded is not None  # kept for the GPU decoder
+        assert _data_check_problem(jobs["good"]) is None and jobs["good"].image.warnings == ()
+        with pytest.raises(ImageReadError) as cpu:
+            read_image(tmp_path / "damaged.jpg")
+        assert _data_check_problem(jobs["damaged"]) == cpu.value.reason
+        assert cpu.value.reason.startswith("corrupt JPEG data: premature end of data segment")
+        assert _data_check_problem(jobs["stray"]) is None
+        assert jobs["stray"].image.warnings == read_image(tmp_path / "stray.jpg").warnings != ()
+    assert "data_check_ms" in jobs["good"].timings
+    # the threads are the cores the GPU codec path's own threads leave
+    assert jpeg_check_threads(16) == 16 - GPU_CODEC_THREADS and jpeg_check_threads(2) == 1
+
+
 def test_default_workers_follow_the_container_cpu_quota(tmp_path, monkeypatch):
     # A container granted 1.5 cores of a 64-core host must not start 64 workers and 64
     # line-fit processes, each holding a full-resolution photo.

@@ -21,6 +21,7 @@ import struct
 import tempfile
 import warnings
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -87,6 +88,10 @@ class DecodedImage:
     # before marker 0xd9", which a camera's padding gives (DJI drones') and so does damage that
     # garbled the pixels (`_JPEG_DAMAGE`)
     warnings: tuple[str, ...] = ()
+    # For a GPU decoder: `check_jpeg_data` of ``encoded`` (and its time in ms), run on a host
+    # thread while the photo waits for its batch. nvJPEG decodes damaged data without a word (grey or garbled blocks),
+    # so the output is written only once this has passed.
+    data_check: Future | None = None
 
     @property
     def height(self) -> int:
@@ -228,6 +233,16 @@ def _decode_jpeg(data: bytes, colorspace: str, at_least: tuple[int, int] | None 
         return simplejpeg.decode_jpeg(data, colorspace, strict=False, **size), f"{said} (libjpeg)"
     except ValueError:  # refused while reading the header (stray bytes there, unusual sampling factors)
         return None, None
+
+
+def check_jpeg_data(data: bytes) -> str | None:
+    """The damage checks of a full decode (`_decode_jpeg`) for a JPEG another decoder will
+    decode: its luma decoded at 1/8 scale, which reads all of its compressed data (~6 ms for a
+    2048 x 1367 photo against ~12 ms for a full decode, on one core; libjpeg-turbo releases
+    the GIL). Raises `DamagedJpeg` with the reason a full decode would give; returns libjpeg's
+    harmless-looking warning, else None (also where TurboJPEG refuses the header, which the
+    CPU path leaves to OpenCV unchecked)."""
+    return _decode_jpeg(data, "GRAY", (1, 1))[1]
 
 
 def _fast_decode(path: Path, fmt: str | None, mode: str, data: np.ndarray | None = None) -> tuple[np.ndarray | None, str | None]:

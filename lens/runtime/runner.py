@@ -14,7 +14,7 @@ import numpy as np
 
 from lens.conventions import PARAM_NAMES, SAFETY_STATS
 from lens.runtime.backends import Backend
-from lens.runtime.io import DISK_FULL, DecodedImage, ImageReadError, encode_image, exif_fits_jpeg, jpeg_metadata_pieces, output_format, read_image, write_atomic
+from lens.runtime.io import DISK_FULL, DamagedJpeg, DecodedImage, ImageReadError, encode_image, exif_fits_jpeg, jpeg_metadata_pieces, output_format, read_image, write_atomic
 from lens.runtime.lens_maps import correction_maps, lattice_safety, maps_from_lattice
 from lens.runtime.policy import MODES, SafetyThresholds, reasons_from_masks, violations
 from lens.runtime.sampling import warp_with_maps
@@ -255,6 +255,9 @@ class Runner:
         n = len(jobs)
         for i, (job, data) in enumerate(zip(jobs, datas)):
             job.timings.update(gpu_decode_ms=(t_dec - t) * 1e3 / n, infer_ms=(t_inf - t_dec) * 1e3 / n, gpu_encode_ms=(t_enc - t_inf) * 1e3 / n)
+            if problem := _data_check_problem(job):
+                records.append(_failure(job, problem))
+                continue
             try:  # as in `_finish`: one image's fault is its own
                 t_w = time.perf_counter()
                 job.output_bytes = write_atomic(job.output, jpeg_metadata_pieces(data, job.image.exif, job.image.icc_profile, job.image.segments))
@@ -326,6 +329,26 @@ class Runner:
                 job.timings["infer_ms"] += (time.perf_counter() - t) * 1e3
             records += self._finish([job], out, [refined])
         return records
+
+
+def _data_check_problem(job: Job) -> str | None:
+    """Why ``job``'s JPEG, decoded on the GPU, must not be written: the damage its host check
+    found (`lens.runtime.io.check_jpeg_data`), the reason a CPU decode gives; else None, and
+    libjpeg's warning, if any, goes into its record as on the CPU path."""
+    check = job.image.data_check
+    if check is None:
+        return None
+    t = time.perf_counter()
+    try:
+        warning, check_ms = check.result()
+    except DamagedJpeg as exc:
+        return str(exc)
+    finally:
+        job.timings["check_wait_ms"] = (time.perf_counter() - t) * 1e3
+    job.timings["data_check_ms"] = check_ms
+    if warning:
+        job.image.warnings = (warning,)
+    return None
 
 
 def fault_text(exc: BaseException) -> str:
