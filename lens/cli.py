@@ -207,7 +207,7 @@ def run_cmd(
     checkpoint: Optional[Path] = typer.Option(None, exists=True, dir_okay=False, help="Run a checkpoint with the torch backend (needs torch)."),
     backend: str = typer.Option("auto", help="auto | tensorrt | onnxruntime | torch."),
     device: str = typer.Option("auto", help="auto | cuda | cpu."),
-    batch: int = typer.Option(1, min=1, help="Images per inference on GPU backends (the CPU infers one image at a time)."),
+    batch: int = typer.Option(0, min=0, help="Images per inference on GPU backends (0: 16, or a TensorRT engine's most; the CPU infers one image at a time)."),
     workers: int = typer.Option(0, min=0, help="Worker threads for decode / infer / warp / encode, which also fit lines (in processes above 2 workers or from 96 photos, at most one per core) (0: one per core this process may use: its CPU affinity and container CPU quota)."),
     resume: bool = typer.Option(False, help="Skip images whose output and record already exist (an input changed since is redone; OUT written with other settings is refused)."),
     recursive: bool = typer.Option(False, "--recursive", "-r", help="Also the photos in IN's subfolders, mirrored under OUT (folders holding an earlier run's lens-run/ are left out)."),
@@ -282,11 +282,12 @@ def run_cmd(
         import hashlib
 
         info["model"] = {"checkpoint": str(checkpoint), "checkpoint_sha256": hashlib.sha256(checkpoint.read_bytes()).hexdigest()}
+    from lens.runtime.pipeline import batch_plan, choose_codec, line_fit_plan
+
+    batch, batch_reason = batch_plan(choice.backend, batch)
     options = RunOptions(batch=batch, workers=workers or usable_cores(), resume=resume, quality=quality,
                          mode_override=-1 if mode == "auto" else MODES.index(mode), codec=codec, refine=refine,
                          recursive=recursive)
-    from lens.runtime.pipeline import choose_codec, line_fit_plan
-
     line_fit, line_fit_reason = line_fit_plan(choice.backend, options)
     try:
         codec_choice = choose_codec(choice.backend, codec, line_fit)
@@ -294,6 +295,8 @@ def run_cmd(
         console.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(2)
     console.print(f"codec: {escape(codec_choice[1])}", soft_wrap=True)
+    if choice.backend.samples_on_device or choice.backend.device_resident:
+        console.print(f"batch: {escape(batch_reason)}", soft_wrap=True)
     console.print(f"line fit: {escape(line_fit_reason)}", soft_wrap=True)
     if ignored:
         info["ignored_files"] = ignored

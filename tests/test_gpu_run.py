@@ -71,6 +71,12 @@ def test_gpu_codec_matches_cpu_path_and_keeps_metadata(tmp_path, photos, torch_c
     assert "data_check_ms" in records["a0"]["timings_ms"]  # its JPEG data checked on the host
 
 
+def test_a_gpu_backend_batches_16_by_default(torch_cuda):
+    from lens.runtime.pipeline import batch_plan
+
+    assert batch_plan(torch_cuda, 0)[0] == 16 and batch_plan(torch_cuda, 3)[0] == 3
+
+
 def test_gpu_runs_are_byte_identical(tmp_path, photos, torch_cuda):
     _run(photos, tmp_path / "one", torch_cuda, "gpu")
     _run(photos, tmp_path / "two", torch_cuda, "gpu")

@@ -434,6 +434,28 @@ def test_outputs_are_byte_identical_across_runs_workers_and_batches(tmp_path, ph
     assert runs["a"] == runs["b"] == runs["c"] == runs["d"]
 
 
+def test_gpu_backends_batch_16_by_default_and_an_engine_no_more_than_its_profile(tmp_path):
+    # `lens run` on a GPU left at --batch 1 ran at 1/3.7 of batch 16 (an H200, 2048 x 1367);
+    # a TensorRT engine whose profile ends at 8 images refused every batch of 16. The plan is
+    # made from the backend's attributes (a GPU backend cannot be built here): the CPU one is real
+    from lens.runtime.backends import Backend, OnnxRuntimeBackend
+    from lens.runtime.pipeline import GPU_BATCH, batch_plan
+
+    cpu = OnnxRuntimeBackend(DEFAULT_BUILD, "cpu")
+    assert batch_plan(cpu, 0)[0] == batch_plan(cpu, 8)[0] == 1
+    gpu = Backend()
+    gpu.samples_on_device = True
+    assert GPU_BATCH == 16 and batch_plan(gpu, 0) == (16, "16 per inference (the GPU default; --batch to change)")
+    assert batch_plan(gpu, 4) == (4, "4 per inference (asked for)")
+    gpu.max_batch = 8  # a TensorRT engine's profile (`TensorRTBackend`)
+    assert batch_plan(gpu, 0)[0] == batch_plan(gpu, 32)[0] == 8 and batch_plan(gpu, 2)[0] == 2
+    assert batch_plan(gpu, 32)[1] == "8 per inference (asked for, at most 8: the engine's shape profile takes no more)"
+    # on the CPU, no line about it, and the summary gives the batch the run used
+    result = _run(SAMPLES, tmp_path / "out")
+    assert result.exit_code == 0 and "batch:" not in result.output
+    assert json.loads((tmp_path / "out" / "lens-run" / "summary.json").read_text())["options"]["batch"] == 1
+
+
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT, signal.SIGTERM], ids=["SIGKILL", "Ctrl-C", "SIGTERM"])
 def test_interrupt_then_resume_gives_the_uninterrupted_result(tmp_path, photos, sig):
     reference = tmp_path / "reference"

@@ -84,6 +84,7 @@ class Backend:
     samples_on_device = False  # True: `infer` outputs "corrected"; False: `infer_lattice` outputs "lattice"
     batch_invariant = True  # results for an image do not depend on what else is in its batch
     device_resident = False  # True: takes and returns GPU tensors (`TorchBackend.infer_device`)
+    max_batch: int | None = None  # the most images one inference takes (a TensorRT engine's profile), None: no limit
 
     def infer(self, images: np.ndarray, mode_override: int = -1) -> dict[str, np.ndarray]:
         """``(B, 3, H, W)`` uint8 photos -> outputs with ``corrected`` (GPU backends)."""
@@ -212,6 +213,7 @@ class TensorRTBackend(Backend):
         except TensorRTUnavailable as exc:
             raise BackendUnavailable(str(exc)) from None
         engine = engines[0]
+        self.max_batch = (engine.get("profile") or {}).get("max", [None])[0]
         if engine["tensorrt"] != trt.__version__ and not engine.get("version_compatible"):
             raise BackendUnavailable(f"engine built with TensorRT {engine['tensorrt']}, this is {trt.__version__}")
         if engine["gpu"] != gpu and not engine.get("hardware_compatible"):

@@ -35,7 +35,7 @@ from lens.runtime.policy import MODES
 from lens.runtime.run_folder import OutputDiskFull, RecordsUnwritable, RunRefused, clean_stale_temporaries, exclusive, hold_to_settings, read_records, source_stat
 from lens.runtime.runner import Job, RunOptions, Runner, failure_record, fault_record
 
-__all__ = ["Job", "RunOptions", "Runner", "choose_codec", "line_fit_plan", "output_settings", "plan", "run"]
+__all__ = ["Job", "RunOptions", "Runner", "batch_plan", "choose_codec", "line_fit_plan", "output_settings", "plan", "run"]
 
 
 def plan(src: Path, out: Path, recursive: bool = False) -> tuple[list[Job], list[dict]]:
@@ -142,6 +142,24 @@ def line_fit_plan(backend: Backend, options: RunOptions) -> tuple[bool, str]:
     return True, "lines (each lens refitted to the photo's straight lines where they allow)"
 
 
+# `--batch`'s default on a GPU backend. The torch backend on an H200 with the GPU codec
+# (tools/bench_gpu_batch.py, 240 photos of 2048 x 1367, 3 rounds in one process): 153-169
+# images/s at batch 1, 2.7x that at 4, 3.7x at 16, 2.7x at 32.
+GPU_BATCH = 16
+
+
+def batch_plan(backend: Backend, wanted: int = 0) -> tuple[int, str]:
+    """Images per inference for this backend, and why (one line). ``wanted`` 0: `GPU_BATCH`
+    on a GPU backend, 1 on the CPU (which infers one image at a time whatever ``--batch``
+    says); a TensorRT engine takes at most its profile's batch."""
+    if not (backend.samples_on_device or backend.device_resident):
+        return 1, "1 (the CPU infers one image at a time)"
+    batch, why = (wanted, "asked for") if wanted > 0 else (GPU_BATCH, "the GPU default; --batch to change")
+    if backend.max_batch is not None and batch > backend.max_batch:
+        batch, why = backend.max_batch, f"{why}, at most {backend.max_batch}: the engine's shape profile takes no more"
+    return batch, f"{batch} per inference ({why})"
+
+
 def choose_codec(backend: Backend, wanted: str, line_fit: bool = False):
     """(GpuJpegCodec or None, one line saying which codec and why). ``auto`` takes the GPU
     codec when the backend keeps images on the GPU and nvImageCodec starts, and no line fit
@@ -221,7 +239,7 @@ def output_settings(backend: Backend, options: RunOptions, info: dict, line_fit:
                 "mode": "auto" if options.mode_override < 0 else MODES[options.mode_override],
                 "line_fit": line_fit, "codec": "gpu" if gpu_codec else "cpu"}
     if backend.samples_on_device:  # GPU kernels may differ with the batch size
-        settings["batch"] = options.batch
+        settings["batch"] = batch_plan(backend, options.batch)[0]
     return settings
 
 
@@ -296,8 +314,8 @@ def _run_locked(src: Path, out: Path, run_dir: Path, backend: Backend, options: 
     if codec is not None:
         workers = min(workers, GPU_CODEC_THREADS)
     # The CPU graph infers one image at a time (`Runner.process`): there a larger --batch would
-    # only hold more decoded photos (a batch of 16: 16x the decodes in flight) for nothing
-    batch = max(1, options.batch) if backend.samples_on_device or backend.device_resident else 1
+    # only hold more decoded photos (a batch of 16: 16x the decodes in flight) for nothing (`batch_plan`)
+    batch = batch_plan(backend, options.batch)[0]
     checks = ThreadPoolExecutor(jpeg_check_threads(), thread_name_prefix="jpeg-check") if codec is not None else None
     try:
         with ThreadPoolExecutor(workers) as pool:
