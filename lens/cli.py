@@ -354,6 +354,16 @@ def run_cmd(
                       f"{held['largest_photo_bytes'] / 1e6:.0f} MB each) within the {held['budget_bytes'] / 1e9:.1f} GB it may fill (half of "
                       "the memory available at its start), fewer than --workers and --batch would read ahead; a smaller --batch or "
                       "--workers asks for less", soft_wrap=True)
+    if summary["other_backend"]:
+        other = summary["other_backend"]
+        if other["backend"]:
+            console.print(f"{other['images']} photos of sizes {escape(choice.backend.name)} refuses (its engine's shape profile) were "
+                          f"corrected by {escape(other['backend'])}; which ones: 'backend' in "
+                          f"{escape(str(out / 'lens-run' / 'images.jsonl'))}", soft_wrap=True)
+        else:
+            console.print(f"[yellow]note:[/] photos of sizes {escape(choice.backend.name)} refuses (its engine's shape profile) failed: "
+                          f"no other backend could take them ({escape(other['unavailable'])}); export with a wider "
+                          "--max-shape / --min-shape", soft_wrap=True)
     if summary["batch_retried"]:
         console.print(f"{summary['batch_retried']} images were run one at a time after their batch failed (a smaller --batch may "
                       f"avoid it); the batches' faults: 'batch_retry' in {escape(str(out / 'lens-run' / 'images.jsonl'))}", soft_wrap=True)

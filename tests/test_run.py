@@ -456,6 +456,54 @@ def test_gpu_backends_batch_16_by_default_and_an_engine_no_more_than_its_profile
     assert json.loads((tmp_path / "out" / "lens-run" / "summary.json").read_text())["options"]["batch"] == 1
 
 
+def test_photos_of_sizes_a_tensorrt_engine_refuses_are_corrected_by_the_next_backend(tmp_path, photos):
+    # An engine takes the sizes of its shape profile only: with the default one (up to
+    # 4000 x 3000 landscape) every 24 MP DSLR photo and every portrait frame failed, each with
+    # TensorRT's error. TensorRT cannot run here: the profile's check is the engine's own
+    # method, and the run is made by ONNX Runtime limited to such a profile.
+    from lens.runtime.backends import BackendUnavailable, Choice, OnnxRuntimeBackend, TensorRTBackend
+    from lens.runtime.pipeline import RunOptions, run
+
+    engine = object.__new__(TensorRTBackend)  # no engine loaded: only its profile is read
+    engine.profile = {"min": [1, 3, 256, 256], "opt": [4, 3, 1367, 2048], "max": [8, 3, 3000, 4000]}
+    assert engine.refuses(1367, 2048) is None and engine.refuses(3000, 4000) is None
+    assert engine.refuses(4000, 6000) == "6000x4000 is outside the TensorRT engine's shape profile (256x256 to 4000x3000, width x height)"
+    assert engine.refuses(4000, 3000) and engine.refuses(8, 8)  # a portrait frame; a thumbnail
+
+    class Profiled(OnnxRuntimeBackend):
+        profile = {"min": [1, 3, 64, 64], "opt": [1, 3, 256, 384], "max": [1, 3, 300, 400]}
+        other = None
+
+        def refuses(self, height, width):
+            return TensorRTBackend.refuses(self, height, width)
+
+        def fallback(self):
+            if self.other is None:
+                raise BackendUnavailable("ONNX Runtime has no CUDA provider")
+            return Choice(self.other, "onnxruntime on the CPU")
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("p00", "p01", "p02"):
+        shutil.copy(photos / f"{name}.jpg", src / f"{name}.jpg")
+    Image.fromarray(_small("coffee.jpg", 512)).save(src / "big.jpg", quality=90)  # 512 wide: past the profile
+    Image.fromarray(_small("coffee.jpg", 384).transpose(1, 0, 2).copy()).save(src / "tall.jpg", quality=90)  # a portrait
+    options = RunOptions(workers=2, refine="off")
+    plain = run(src, tmp_path / "plain", OnnxRuntimeBackend(DEFAULT_BUILD, "cpu"), options, {})
+    backend = Profiled(DEFAULT_BUILD, "cpu")
+    backend.other = OnnxRuntimeBackend(DEFAULT_BUILD, "cpu")
+    summary = run(src, tmp_path / "out", backend, options, {})
+    assert summary["ok"] == plain["ok"] == 5 and _outputs(tmp_path / "out") == _outputs(tmp_path / "plain")
+    assert summary["other_backend"] == {"images": 2, "backend": "onnxruntime on the CPU", "unavailable": None}
+    records = {json.loads(line)["id"]: json.loads(line) for line in (tmp_path / "out" / "lens-run" / "images.jsonl").read_text().splitlines()}
+    assert records["big"]["backend"].startswith("onnxruntime on cpu: 512x") and "backend" not in records["p00"]
+    # no backend to hand them to: those photos fail saying why, the others are corrected
+    summary = run(src, tmp_path / "none", Profiled(DEFAULT_BUILD, "cpu"), options, {})
+    assert summary["ok"] == 3 and sorted(f["id"] for f in summary["failed"]) == ["big", "tall"]
+    assert all("outside the TensorRT engine's shape profile" in f["reason"] and "no other backend can take it (ONNX Runtime has no CUDA provider)"
+               in f["reason"] for f in summary["failed"])
+
+
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT, signal.SIGTERM], ids=["SIGKILL", "Ctrl-C", "SIGTERM"])
 def test_interrupt_then_resume_gives_the_uninterrupted_result(tmp_path, photos, sig):
     reference = tmp_path / "reference"

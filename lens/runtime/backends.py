@@ -109,6 +109,16 @@ class Backend:
     def describe(self) -> dict:
         return {"backend": self.name, "device": self.device}
 
+    def refuses(self, height: int, width: int) -> str | None:
+        """Why this backend cannot take photos of ``height x width`` (a TensorRT engine's shape
+        profile), or None. `fallback` runs those."""
+        return None
+
+    def fallback(self) -> "Choice":
+        """The backend that runs the photos this one `refuses`, and why that one; raises
+        `BackendUnavailable` where there is none."""
+        raise BackendUnavailable(f"{self.name} has no other backend to hand photos to")
+
 
 def lattice_feed(images: np.ndarray, mode_override) -> dict[str, np.ndarray]:
     """The CPU graph's inputs (`lens.export.graph.LensMapsGraph`) for ``(B, H, W, 3)`` uint8
@@ -213,7 +223,9 @@ class TensorRTBackend(Backend):
         except TensorRTUnavailable as exc:
             raise BackendUnavailable(str(exc)) from None
         engine = engines[0]
-        self.max_batch = (engine.get("profile") or {}).get("max", [None])[0]
+        self.build = build
+        self.profile = engine.get("profile") or {}
+        self.max_batch = self.profile.get("max", [None])[0]
         if engine["tensorrt"] != trt.__version__ and not engine.get("version_compatible"):
             raise BackendUnavailable(f"engine built with TensorRT {engine['tensorrt']}, this is {trt.__version__}")
         if engine["gpu"] != gpu and not engine.get("hardware_compatible"):
@@ -224,6 +236,20 @@ class TensorRTBackend(Backend):
         self.runner = TrtRunner(EngineFromBytes(BytesFromPath(str(build / ENGINE))))
         self.runner.activate()
         self.lock = threading.Lock()  # one execution context
+
+    def refuses(self, height, width):
+        """An engine takes the image sizes of its shape profile only (`lens export
+        --min-shape/--max-shape`): by default 256 x 256 to 4000 x 3000 landscape, which leaves
+        out 24 MP DSLR photos (6000 x 4000) and portrait frames (3000 x 4000)."""
+        if not self.profile:
+            return None
+        (_, _, h0, w0), (_, _, h1, w1) = self.profile["min"][:4], self.profile["max"][:4]
+        if h0 <= height <= h1 and w0 <= width <= w1:
+            return None
+        return f"{width}x{height} is outside the TensorRT engine's shape profile ({w0}x{h0} to {w1}x{h1}, width x height)"
+
+    def fallback(self):
+        return select_backend("auto", "auto", self.build, None, tensorrt=False)
 
     def infer(self, images, mode_override=-1):
         with self.lock:
@@ -366,8 +392,9 @@ def _gpu_visible() -> bool:
     return any(Path(p).exists() for p in ("/dev/nvidia0", "/proc/driver/nvidia/version"))
 
 
-def select_backend(backend: str, device: str, build: Path | None, checkpoint: Path | None) -> Choice:
-    """The backend to run and one line saying which and why."""
+def select_backend(backend: str, device: str, build: Path | None, checkpoint: Path | None, tensorrt: bool = True) -> Choice:
+    """The backend to run and one line saying which and why; ``tensorrt`` False: the choice
+    after TensorRT (`TensorRTBackend.fallback`)."""
     if backend not in ("auto", "tensorrt", "onnxruntime", "torch"):
         raise BackendUnavailable(f"unknown backend {backend!r}")
     if device not in ("auto", "cuda", "cpu"):
@@ -385,7 +412,7 @@ def select_backend(backend: str, device: str, build: Path | None, checkpoint: Pa
     if device == "cuda" and not gpu:
         raise BackendUnavailable("--device cuda: no NVIDIA GPU is visible")
     why_not = []
-    if backend in ("auto", "tensorrt") and gpu:
+    if backend in ("auto", "tensorrt") and gpu and tensorrt:
         try:
             return Choice(TensorRTBackend(build, manifest), f"tensorrt: engine {ENGINE} matches this GPU and TensorRT")
         except BackendUnavailable as exc:

@@ -227,6 +227,48 @@ def _batches(decoded: Iterator[Job], size: int, failed: Callable[[Job], None]) -
     yield from pending.values()
 
 
+class RefusedSizes:
+    """Runs the batches whose size ``backend`` refuses (`Backend.refuses`: a TensorRT engine's
+    shape profile) on its fallback (`Backend.fallback`), made when first needed; each such
+    record says so (``backend``). Where there is none, those photos fail with both reasons."""
+
+    def __init__(self, backend: Backend, make_runner: Callable[[Backend], Runner]):
+        self.backend, self.make_runner = backend, make_runner
+        self.runner: Runner | None = None
+        self.chosen: str | None = None  # the fallback, and why it (`select_backend`'s line)
+        self.unavailable: str | None = None
+
+    def process_for(self, jobs: list[Job], runner: Runner) -> Callable[[list[Job]], list[dict]]:
+        why = self.backend.refuses(jobs[0].image.height, jobs[0].image.width)
+        if why is None:
+            return runner.process
+        if self.runner is None and self.unavailable is None:
+            from lens.runtime.backends import BackendUnavailable
+
+            try:
+                choice = self.backend.fallback()
+                self.runner, self.chosen = self.make_runner(choice.backend), choice.reason
+            except BackendUnavailable as exc:
+                self.unavailable = str(exc)
+        if self.runner is None:
+            return lambda batch: [_failed(j, f"{why}, and no other backend can take it ({self.unavailable})") for j in batch]
+        other = self.runner
+
+        def process(batch: list[Job]) -> list[dict]:
+            records = other.process(batch)
+            for rec in records:
+                if rec["status"] == "ok":
+                    rec["backend"] = f"{other.backend.name} on {other.backend.device}: {why}"
+            return records
+
+        return process
+
+
+def _failed(job: Job, why: str) -> dict:
+    job.error, job.image = why, None
+    return failure_record(job)
+
+
 def output_settings(backend: Backend, options: RunOptions, info: dict, line_fit: bool, gpu_codec: bool) -> dict:
     """What decides an output's bytes: the model, the backend, the options that change pixels
     or encoding, and lens's version (``--workers`` does not; nor does ``--batch`` on the CPU,
@@ -309,6 +351,8 @@ def _run_locked(src: Path, out: Path, run_dir: Path, backend: Backend, options: 
 
         line_fits = LineFitPool.for_workers(options.workers, images=len(todo))
     runner = Runner(backend, options, has_residual=has_residual, codec=codec, line_fits=line_fits)
+    # the fallback decodes on the host: only the torch backend takes the GPU codec's tensors
+    refused_sizes = RefusedSizes(backend, lambda other: Runner(other, options, has_residual=has_residual, line_fits=line_fits))
     t0 = time.perf_counter()
     workers = max(1, options.workers)
     if codec is not None:
@@ -358,7 +402,7 @@ def _run_locked(src: Path, out: Path, run_dir: Path, backend: Backend, options: 
 
             try:
                 for batch_jobs in _batches(decoded(), batch, failed):
-                    in_flight.append((pool.submit(runner.process, batch_jobs), batch_jobs))
+                    in_flight.append((pool.submit(refused_sizes.process_for(batch_jobs, runner), batch_jobs), batch_jobs))
                     drain(workers)
                     while in_flight and held.full(more=1):  # room for the next photo first
                         drain(len(in_flight) - 1)
@@ -406,6 +450,9 @@ def _run_locked(src: Path, out: Path, run_dir: Path, backend: Backend, options: 
         "notes": dict(sorted(Counter(n for r in ordered if r["status"] == "ok" for n in r.get("notes", [])).items())),
         "throughput": {"images": len(ok_now), "wall_s": round(wall, 3), "images_per_s": round(len(ok_now) / wall, 3) if wall > 0 else None},
         "codec": codec_reason,
+        # photos of sizes the backend refuses (a TensorRT engine's shape profile), run by another
+        "other_backend": {"images": sum("backend" in r for r in done_now), "backend": refused_sizes.chosen,
+                          "unavailable": refused_sizes.unavailable} if refused_sizes.chosen or refused_sizes.unavailable else None,
         # None: no other run could write here meanwhile; else why the folder was not locked
         "unlocked": unlocked,
         "lines": _lines_summary(ok_now, line_fit, line_fit_reason),
