@@ -116,3 +116,37 @@ def test_line_fit_on_a_gpu_backend_matches_the_cpu_path(tmp_path, photos, torch_
         with Image.open(tmp_path / "gpu" / name) as g, Image.open(tmp_path / "cpu" / name) as c:
             diff = np.abs(np.asarray(g, dtype=np.int16) - np.asarray(c, dtype=np.int16))
             assert diff.mean() < 1.5, (name, diff.mean())
+
+
+def test_a_batch_out_of_gpu_memory_is_run_image_by_image_keeping_cuda_graphs(tmp_path, torch_cuda):
+    """A real out-of-memory: torch's allocator capped so that one 4000 x 3000 photo fits and a
+    batch of 8 does not. The batch's photos are run one at a time and corrected as a run at
+    --batch 1 corrects them, and the CUDA graphs stay on for later batches (turned off, every
+    batch after the fault ran eagerly, ~436 ms per batch of 16). Last in this file: it caps
+    the process's GPU memory while it runs."""
+    src = tmp_path / "src"
+    src.mkdir()
+    rgb = cv2.resize(cv2.cvtColor(cv2.imread(str(sorted(SAMPLES.glob("*.jpg"))[0])), cv2.COLOR_BGR2RGB), (4000, 3000))
+    for i in range(8):
+        Image.fromarray(np.roll(rgb, 40 * i, axis=1)).save(src / f"big{i}.jpg", quality=90)
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    one = run(src, tmp_path / "one", torch_cuda, RunOptions(batch=1, workers=4, codec="gpu"), {})
+    assert one["ok"] == 8
+    per_photo = torch.cuda.max_memory_allocated() - base
+    total = torch.cuda.get_device_properties(0).total_memory
+    try:
+        # room for what is held now, one photo's work three times over: not for eight photos'
+        torch.cuda.empty_cache()
+        torch.cuda.set_per_process_memory_fraction(min(1.0, (torch.cuda.memory_reserved() + 3 * per_photo) / total))
+        summary = run(src, tmp_path / "eight", torch_cuda, RunOptions(batch=8, workers=4, codec="gpu"), {})
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0)
+    assert summary["ok"] == 8 and summary["batch_retried"] == 8, summary["failed"]
+    records = [json.loads(line) for line in (tmp_path / "eight" / "lens-run" / "images.jsonl").read_text().splitlines()]
+    assert all("out of memory" in r["batch_retry"].lower() for r in records), records[0].get("batch_retry")
+    for i in range(8):
+        assert (tmp_path / "eight" / f"big{i}.jpg").read_bytes() == (tmp_path / "one" / f"big{i}.jpg").read_bytes()
+    assert torch_cuda.graphs is not None and not torch_cuda.graphs.failed, torch_cuda.graphs.failed

@@ -57,7 +57,15 @@ class CapturedGraphs:
                 self.cache.popitem(last=False)
             try:
                 entry = self._capture(image, mode)
-            except RuntimeError as exc:  # a driver or build that cannot capture: stay correct, run eagerly
+            except RuntimeError as exc:
+                if _out_of_memory(exc):
+                    # this batch does not fit now: the caller runs its photos one at a time
+                    # (`Runner.process`), whose shape gets a graph of its own; were graphs
+                    # turned off, every later batch would run eagerly, ~436 ms per batch of 16
+                    self.torch.cuda.synchronize()
+                    self.torch.cuda.empty_cache()
+                    raise
+                # a driver or build that cannot capture: stay correct, run eagerly
                 self.failed = f"CUDA graph capture failed, running eagerly: {exc}"
                 self.torch.cuda.synchronize()
                 return self.fn(image, mode)
@@ -67,3 +75,15 @@ class CapturedGraphs:
         self.cache[key] = entry
         entry[0].replay()
         return entry[3]
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is, or was raised while handling, CUDA running out of memory (ending a
+    capture that failed can raise an error of its own over it)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if "out of memory" in str(exc).lower() or type(exc).__name__ == "OutOfMemoryError":
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
