@@ -89,8 +89,8 @@ class DecodedImage:
     # garbled the pixels (`_JPEG_DAMAGE`)
     warnings: tuple[str, ...] = ()
     # For a GPU decoder: `check_jpeg_data` of ``encoded`` (and its time in ms), run on a host
-    # thread while the photo waits for its batch. nvJPEG decodes damaged data without a word (grey or garbled blocks),
-    # so the output is written only once this has passed.
+    # thread while the photo waits for its batch. nvJPEG decodes damaged data without a word
+    # (grey or garbled blocks), so the output is written only once this has passed.
     data_check: Future | None = None
 
     @property

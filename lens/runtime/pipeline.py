@@ -33,7 +33,7 @@ from lens.runtime.memory import keep_freed_memory
 from lens.runtime.metadata import IMAGES_FILE, RUN_DIR, SUMMARY_FILE
 from lens.runtime.policy import MODES
 from lens.runtime.run_folder import OutputDiskFull, RecordsUnwritable, RunRefused, clean_stale_temporaries, exclusive, hold_to_settings, read_records, source_stat
-from lens.runtime.runner import Job, RunOptions, Runner, failure_record, fault_record
+from lens.runtime.runner import Job, RunOptions, Runner, failed_because, failure_record, fault_record
 
 __all__ = ["Job", "RunOptions", "Runner", "batch_plan", "choose_codec", "line_fit_plan", "output_settings", "plan", "run"]
 
@@ -251,7 +251,7 @@ class RefusedSizes:
             except BackendUnavailable as exc:
                 self.unavailable = str(exc)
         if self.runner is None:
-            return lambda batch: [_failed(j, f"{why}, and no other backend can take it ({self.unavailable})") for j in batch]
+            return lambda batch: [failed_because(j, f"{why}, and no other backend can take it ({self.unavailable})") for j in batch]
         other = self.runner
 
         def process(batch: list[Job]) -> list[dict]:
@@ -262,11 +262,6 @@ class RefusedSizes:
             return records
 
         return process
-
-
-def _failed(job: Job, why: str) -> dict:
-    job.error, job.image = why, None
-    return failure_record(job)
 
 
 def output_settings(backend: Backend, options: RunOptions, info: dict, line_fit: bool, gpu_codec: bool) -> dict:

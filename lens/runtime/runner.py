@@ -256,7 +256,7 @@ class Runner:
         for i, (job, data) in enumerate(zip(jobs, datas)):
             job.timings.update(gpu_decode_ms=(t_dec - t) * 1e3 / n, infer_ms=(t_inf - t_dec) * 1e3 / n, gpu_encode_ms=(t_enc - t_inf) * 1e3 / n)
             if problem := _data_check_problem(job):
-                records.append(_failure(job, problem))
+                records.append(failed_because(job, problem))
                 continue
             try:  # as in `_finish`: one image's fault is its own
                 t_w = time.perf_counter()
@@ -363,11 +363,11 @@ def fault_record(job: Job, exc: BaseException) -> dict:
     (``job.disk_full``), where `lens.runtime.pipeline` stops the run."""
     if isinstance(exc, OSError):
         job.disk_full = exc.errno in DISK_FULL
-        return _failure(job, f"cannot write {job.output}: {exc.strerror or exc}")
-    return _failure(job, f"could not be corrected ({fault_text(exc)})")
+        return failed_because(job, f"cannot write {job.output}: {exc.strerror or exc}")
+    return failed_because(job, f"could not be corrected ({fault_text(exc)})")
 
 
-def _failure(job: Job, why: str) -> dict:
+def failed_because(job: Job, why: str) -> dict:
     """``job``'s failure record with the reason ``why`` (its pixels freed)."""
     job.error, job.image = why, None
     return failure_record(job)
