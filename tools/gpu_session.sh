@@ -19,7 +19,8 @@
 #   python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
 #     --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
 #     --platform manylinux2014_x86_64 -d .whl nvidia-nvimgcodec-cu13==0.9.0.20 nvidia-nvjpeg simplejpeg
-# Then:
+# Then (the benches alone: tools/bench_gpu.py, tools/bench_gpu_check.py and
+# tools/bench_gpu_batch.py, with PYTHONPATH=/tmp/site:$PWD):
 #   run(command="python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir
 #       --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site &&
 #       tools/gpu_session.sh $OUT runs/chain", carry=[".whl"], timeout_s=590)
@@ -36,6 +37,9 @@
 set -uo pipefail
 OUT=${1:?out dir}; CHAIN=${2:-runs/chain}; TRAIN_S=${3:-360}
 export PYTHONUNBUFFERED=1
+# the repository on the path: the tools/ scripts import lens, which the device's Python does not
+# have installed (PYTHONPATH=/tmp/site alone left bench_gpu.py with "No module named 'lens'")
+export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD"
 mkdir -p "$OUT" "$CHAIN"
 log=$OUT/log.txt
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >> "$log" 2>&1
