@@ -364,6 +364,10 @@ def run_cmd(
             console.print(f"[yellow]note:[/] photos of sizes {escape(choice.backend.name)} refuses (its engine's shape profile) failed: "
                           f"no other backend could take them ({escape(other['unavailable'])}); export with a wider "
                           "--max-shape / --min-shape", soft_wrap=True)
+    checks = summary["jpeg_checks"]
+    if checks and checks["waited_s"] > 0.1 * summary["throughput"]["wall_s"]:
+        console.print(f"[yellow]note:[/] the host's checks of JPEG data for damage held the run back: writes waited {checks['waited_s']:.1f} s "
+                      f"for them in all, over {checks['threads']} threads (every core but 2); more cores check faster", soft_wrap=True)
     if summary["batch_retried"]:
         console.print(f"{summary['batch_retried']} images were run one at a time after their batch failed (a smaller --batch may "
                       f"avoid it); the batches' faults: 'batch_retry' in {escape(str(out / 'lens-run' / 'images.jsonl'))}", soft_wrap=True)

@@ -58,6 +58,7 @@ def test_gpu_codec_matches_cpu_path_and_keeps_metadata(tmp_path, photos, torch_c
     cpu = run(photos, tmp_path / "cpu", OnnxRuntimeBackend(DEFAULT_BUILD, "cpu"), RunOptions(workers=2, refine="off"), {})
     assert cpu["ok"] == summary["ok"] == 5
     assert summary["decode_warnings"] == cpu["decode_warnings"] == ["stray"]
+    assert summary["jpeg_checks"]["threads"] >= 1 and cpu["jpeg_checks"] is None
     for name in ("a0.jpg", "a1.jpg", "a2.jpg", "grey.jpg"):
         with Image.open(tmp_path / "gpu" / name) as g, Image.open(tmp_path / "cpu" / name) as c, Image.open(photos / name) as src:
             assert g.size == src.size and g.mode == src.mode

@@ -1118,7 +1118,7 @@ def test_jpegs_for_the_gpu_decoder_are_checked_for_damage_on_the_host(tmp_path):
     from concurrent.futures import ThreadPoolExecutor
 
     from lens.runtime.io import ImageReadError, read_image
-    from lens.runtime.pipeline import GPU_CODEC_THREADS, _decode, jpeg_check_threads
+    from lens.runtime.pipeline import _decode, jpeg_check_threads
     from lens.runtime.runner import Job, _data_check_problem
 
     Image.fromarray(_small("rocket.jpg", 512)).save(tmp_path / "good.jpg", quality=90)
@@ -1138,8 +1138,8 @@ def test_jpegs_for_the_gpu_decoder_are_checked_for_damage_on_the_host(tmp_path):
         assert _data_check_problem(jobs["stray"]) is None
         assert jobs["stray"].image.warnings == read_image(tmp_path / "stray.jpg").warnings != ()
     assert "data_check_ms" in jobs["good"].timings
-    # the threads are the cores the GPU codec path's own threads leave
-    assert jpeg_check_threads(16) == 16 - GPU_CODEC_THREADS and jpeg_check_threads(2) == 1
+    # every core but 2: the GPU codec path's own threads mostly take turns on the GIL
+    assert jpeg_check_threads(16) == 14 and jpeg_check_threads(4) == 2 and jpeg_check_threads(2) == 1
 
 
 def test_default_workers_follow_the_container_cpu_quota(tmp_path, monkeypatch):

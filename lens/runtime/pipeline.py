@@ -99,11 +99,13 @@ def _timed_check(data: bytes) -> tuple[str | None, float]:
 
 
 def jpeg_check_threads(cores: int | None = None) -> int:
-    """Threads for the GPU codec path's host checks of JPEG data (`check_jpeg_data`): the cores
-    its `GPU_CODEC_THREADS` leave, at least 1. At ~620 photos/s of 2048 x 1367 (an H200) the
-    checks take ~3.6 cores, ~5 at 4000 x 3000; a host with fewer cores spare holds the run to
-    what they check."""
-    return max(1, (cores or usable_cores()) - GPU_CODEC_THREADS)
+    """Threads for the GPU codec path's host checks of JPEG data (`check_jpeg_data`): every
+    core but 2, at least 1. The path's own `GPU_CODEC_THREADS` mostly take turns on the GIL: on
+    an H200 at 636 photos/s of 2048 x 1367 they read headers and wrote files for ~1.1 cores'
+    worth (1.2 + 0.46 ms a photo). The checks take ~3.6 cores there (~5 at 4000 x 3000); 4, 8
+    or 12 threads ran alike on its 16 cores. A host with fewer cores to spare holds the run to
+    what they check, which its summary says (``jpeg_checks``)."""
+    return max(1, (cores or usable_cores()) - 2)
 
 
 # OpenCV's remap takes sides below SHRT_MAX: a 33000 px panorama stopped the whole run with
@@ -355,7 +357,8 @@ def _run_locked(src: Path, out: Path, run_dir: Path, backend: Backend, options: 
     # The CPU graph infers one image at a time (`Runner.process`): there a larger --batch would
     # only hold more decoded photos (a batch of 16: 16x the decodes in flight) for nothing (`batch_plan`)
     batch = batch_plan(backend, options.batch)[0]
-    checks = ThreadPoolExecutor(jpeg_check_threads(), thread_name_prefix="jpeg-check") if codec is not None else None
+    check_threads = jpeg_check_threads() if codec is not None else 0
+    checks = ThreadPoolExecutor(check_threads, thread_name_prefix="jpeg-check") if check_threads else None
     try:
         with ThreadPoolExecutor(workers) as pool:
             window = max(2, 2 * workers * batch)
@@ -445,6 +448,9 @@ def _run_locked(src: Path, out: Path, run_dir: Path, backend: Backend, options: 
         "notes": dict(sorted(Counter(n for r in ordered if r["status"] == "ok" for n in r.get("notes", [])).items())),
         "throughput": {"images": len(ok_now), "wall_s": round(wall, 3), "images_per_s": round(len(ok_now) / wall, 3) if wall > 0 else None},
         "codec": codec_reason,
+        # the GPU codec path's host checks of JPEG data: how long writes waited for them in all
+        "jpeg_checks": {"threads": check_threads, "waited_s": round(sum(r.get("timings_ms", {}).get("check_wait_ms", 0) for r in done_now) / 1e3, 3)}
+                       if check_threads else None,
         # photos of sizes the backend refuses (a TensorRT engine's shape profile), run by another
         "other_backend": {"images": sum("backend" in r for r in done_now), "backend": refused_sizes.chosen,
                           "unavailable": refused_sizes.unavailable} if refused_sizes.chosen or refused_sizes.unavailable else None,
