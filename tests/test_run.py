@@ -1138,8 +1138,9 @@ def test_jpegs_for_the_gpu_decoder_are_checked_for_damage_on_the_host(tmp_path):
         assert _data_check_problem(jobs["stray"]) is None
         assert jobs["stray"].image.warnings == read_image(tmp_path / "stray.jpg").warnings != ()
     assert "data_check_ms" in jobs["good"].timings
-    # every core but 2: the GPU codec path's own threads mostly take turns on the GIL
-    assert jpeg_check_threads(16) == 14 and jpeg_check_threads(4) == 2 and jpeg_check_threads(2) == 1
+    # 6 (more only contended on an H200's 16 cores), or every core but 2: the GPU codec
+    # path's own threads mostly take turns on the GIL
+    assert jpeg_check_threads(16) == 6 and jpeg_check_threads(4) == 2 and jpeg_check_threads(2) == 1
 
 
 def test_default_workers_follow_the_container_cpu_quota(tmp_path, monkeypatch):

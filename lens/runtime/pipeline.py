@@ -99,13 +99,14 @@ def _timed_check(data: bytes) -> tuple[str | None, float]:
 
 
 def jpeg_check_threads(cores: int | None = None) -> int:
-    """Threads for the GPU codec path's host checks of JPEG data (`check_jpeg_data`): every
-    core but 2, at least 1. The path's own `GPU_CODEC_THREADS` mostly take turns on the GIL: on
-    an H200 at 636 photos/s of 2048 x 1367 they read headers and wrote files for ~1.1 cores'
-    worth (1.2 + 0.46 ms a photo). The checks take ~3.6 cores there (~5 at 4000 x 3000); 4, 8
-    or 12 threads ran alike on its 16 cores. A host with fewer cores to spare holds the run to
-    what they check, which its summary says (``jpeg_checks``)."""
-    return max(1, (cores or usable_cores()) - 2)
+    """Threads for the GPU codec path's host checks of JPEG data (`check_jpeg_data`): 6, or
+    every core but 2 where that is fewer (the path's own `GPU_CODEC_THREADS` mostly take turns
+    on the GIL, ~1.1 cores' worth at 636 photos/s of 2048 x 1367 on an H200). There the checks
+    take ~3.6 cores (~5 at 4000 x 3000), and more threads than that only contended: against
+    runs without checks, same process, 6 threads ran at 0.96x and 0.98x (2048 x 1367,
+    4000 x 3000), 12 at 0.95x and 0.95x, 14 at 0.90x and 0.92x. A host with fewer cores to
+    spare holds the run to what they check, which its summary says (``jpeg_checks``)."""
+    return max(1, min(6, (cores or usable_cores()) - 2))
 
 
 # OpenCV's remap takes sides below SHRT_MAX: a 33000 px panorama stopped the whole run with
