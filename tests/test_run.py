@@ -1138,6 +1138,13 @@ def test_jpegs_for_the_gpu_decoder_are_checked_for_damage_on_the_host(tmp_path):
         assert _data_check_problem(jobs["stray"]) is None
         assert jobs["stray"].image.warnings == read_image(tmp_path / "stray.jpg").warnings != ()
     assert "data_check_ms" in jobs["good"].timings
+    # a check that breaks is that photo's failure, not its batch's (and never an unchecked output)
+    from concurrent.futures import Future
+
+    broken = Future()
+    broken.set_exception(MemoryError("cannot allocate"))
+    jobs["good"].image.data_check = broken
+    assert _data_check_problem(jobs["good"]) == "its JPEG data could not be checked for damage (MemoryError: cannot allocate)"
     # 6 (more only contended on an H200's 16 cores), or every core but 2: the GPU codec
     # path's own threads mostly take turns on the GIL
     assert jpeg_check_threads(16) == 6 and jpeg_check_threads(4) == 2 and jpeg_check_threads(2) == 1

@@ -343,6 +343,8 @@ def _data_check_problem(job: Job) -> str | None:
         warning, check_ms = check.result()
     except DamagedJpeg as exc:
         return str(exc)
+    except Exception as exc:  # its own fault, not the batch's (the others of the batch are written)
+        return f"its JPEG data could not be checked for damage ({fault_text(exc)})"
     finally:
         job.timings["check_wait_ms"] = (time.perf_counter() - t) * 1e3
     job.timings["data_check_ms"] = check_ms
