@@ -33,7 +33,7 @@ from lens.runtime.memory import keep_freed_memory
 from lens.runtime.metadata import IMAGES_FILE, RUN_DIR, SUMMARY_FILE
 from lens.runtime.policy import MODES
 from lens.runtime.run_folder import OutputDiskFull, RecordsUnwritable, RunRefused, clean_stale_temporaries, exclusive, hold_to_settings, read_records, source_stat
-from lens.runtime.runner import Job, RunOptions, Runner, failed_because, failure_record, fault_record
+from lens.runtime.runner import Job, RunOptions, Runner, failed_because, failure_record, fault_record, fault_text
 
 __all__ = ["Job", "RunOptions", "Runner", "batch_plan", "choose_codec", "line_fit_plan", "output_settings", "plan", "run"]
 
@@ -253,6 +253,8 @@ class RefusedSizes:
                 self.runner, self.chosen = self.make_runner(choice.backend), choice.reason
             except BackendUnavailable as exc:
                 self.unavailable = str(exc)
+            except Exception as exc:  # a backend that broke while starting: these photos fail, the run goes on
+                self.unavailable = fault_text(exc)
         if self.runner is None:
             return lambda batch: [failed_because(j, f"{why}, and no other backend can take it ({self.unavailable})") for j in batch]
         other = self.runner
