@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import sys
 import threading
 import time
@@ -18,7 +19,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
-from rich.markup import escape
+from rich.markup import escape as _markup_escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from lens import __version__
@@ -53,6 +54,17 @@ app = _LensApp(
     rich_markup_mode="markdown",
 )
 console = Console(stderr=True)
+
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def escape(text: str) -> str:
+    """``text`` for the console: Rich's markup escaped, and control characters shown as
+    ``\\n``, ``\\x1b``: a file named with a newline or a terminal escape sequence cannot
+    break a line in two or restyle the terminal."""
+    return _markup_escape(_CONTROL_CHARACTERS.sub(lambda m: repr(m.group())[1:-1], text))
+
+
 if not console.is_terminal and "COLUMNS" not in os.environ:
     # a log (cron, CI, a service's journal) is no terminal: Rich would squeeze tables into its
     # default 80 columns and cut their numbers short ("8.94e…"); COLUMNS, if set, still decides

@@ -984,6 +984,21 @@ def test_runtime_needs_no_torch(tmp_path, photos):
     assert len(list((tmp_path / "out").glob("*.jpg"))) == 9
 
 
+def test_a_file_name_cannot_break_or_restyle_the_console(tmp_path):
+    # a name holding a newline printed its failure on two lines, and one holding a terminal
+    # escape sequence reached the terminal as is (here: clear the screen)
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "new\nline.jpg").write_bytes(b"not a photo")
+    (src / "clear\x1b[2Jscreen.jpg").write_bytes(b"not a photo")
+    shutil.copy(SAMPLES / "rocket.jpg", src / "rocket.jpg")
+    result = _run(src, tmp_path / "out", "--refine", "off")
+    assert result.exit_code == 1 and "\x1b" not in result.output
+    failed = [line for line in result.output.splitlines() if line.startswith("failed:")]
+    assert len(failed) == 2 and any("new\\nline.jpg: not a readable image" in line for line in failed), failed
+    assert any("clear\\x1b[2Jscreen.jpg" in line for line in failed), failed
+
+
 def test_damaged_files_are_reported_without_anonymous_library_warnings(tmp_path):
     """Pillow warned, unattributed, of EXIF it could not parse as it opened such a JPEG (which
     is corrected, its EXIF block copied as it is); libpng and OpenCV of a PNG cut short or damaged."""
